@@ -92,10 +92,6 @@ class QaOptions(PipelineOptions):
             "--pg_dsn", default=None,
             help="PostgreSQL connection string (libpq form or URL) for qa_answers/qa_files.")
         sink.add_argument(
-            "--pg_password_secret", default=None,
-            help="Secret Manager version holding the database password "
-            "(projects/P/secrets/S/versions/V); keeps it out of the job graph.")
-        sink.add_argument(
             "--gcs_anonymous", action="store_true", default=False,
             help="Use an anonymous GCS client (emulators). Implied when STORAGE_EMULATOR_HOST is set.")
 

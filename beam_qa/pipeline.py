@@ -15,6 +15,7 @@ from beam_qa.options import QaOptions
 from beam_qa.qa.handler import QuestionAnsweringModelHandler
 from beam_qa.qa.model_store import check_model_available, load_model
 from beam_qa.reading import FILE_ERRORS, MANIFESTS, ROW_ERRORS, ReadCsvRows
+from beam_qa.sinks.postgres import PostgresWriter
 from beam_qa.sinks.transforms import RecordFileFailures, RecordFilesReceived, WriteAnswersCsv, WriteAnswersPostgres
 from beam_qa.sources import MatchInputFiles, ReadGcsNotifications
 
@@ -32,14 +33,18 @@ def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
 
 
 class _WarmUpFn(beam.DoFn):
-    """Loads the model into the worker's process cache before the first file arrives."""
+    """Creates the schema and loads the model before the first file arrives, then says ready."""
 
-    def __init__(self, model: str, device: str, quantize: str):
+    def __init__(self, model: str, device: str, quantize: str, pg_dsn: str):
         self._model = model
         self._device = device
         self._quantize = quantize
+        self._pg_dsn = pg_dsn
 
     def process(self, _):
+        writer = PostgresWriter(self._pg_dsn, model=self._model)
+        writer.open()  # creates the schema if missing
+        writer.close()
         load_model(self._model, self._device, self._quantize)
         _LOGGER.info(READY_MESSAGE)
         return []
@@ -56,7 +61,7 @@ def build_pipeline(p: beam.Pipeline, opts: QaOptions) -> None:
     if opts.input_subscription:
         events = p | "ReadGcsNotifications" >> ReadGcsNotifications(opts.input_subscription, opts.incoming_prefix)
         _ = (p | "WarmUpTrigger" >> beam.Create([None])
-             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.quantize)))
+             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.quantize, opts.pg_dsn)))
     else:
         events = p | "MatchInputFiles" >> MatchInputFiles(opts.input_pattern, opts.incoming_prefix, anonymous)
 

@@ -61,12 +61,30 @@ def check_model_available(model: str) -> None:
         return
     if model.startswith((".", "/")) or os.sep in model.strip("/").split("/", 1)[-1]:
         raise ModelNotFoundError(advice(model, "no such directory"))
+    from huggingface_hub import try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        # Fail in seconds rather than after the Hub client's ~25 s of retries.
+        raise ModelNotFoundError(advice(model, "it is not in the local Hugging Face cache and the "
+                                        "Hub cannot be reached from this machine"))
     try:
         from transformers import AutoConfig
         AutoConfig.from_pretrained(model)
     except Exception as exc:  # pylint: disable=broad-except
         # Any failure here (offline, unknown id, gated repo) means the workers would fail too.
         raise ModelNotFoundError(advice(model, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")) from exc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _local_copy(model: str) -> str:

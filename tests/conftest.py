@@ -1,0 +1,63 @@
+"""Shared fixtures: a small offline model, PostgreSQL databases, sample CSVs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+PG_BASE_DSN = os.environ.get("QA_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A random-weight DistilBERT QA model and tokenizer, built offline once per session."""
+    from beam_qa.dev.tiny_model import build_model
+    return str(build_model(tmp_path_factory.mktemp("model") / "tiny", "tiny"))
+
+
+def fresh_database(name: str) -> str:
+    """Drops and recreates database ``name``; returns its DSN."""
+    import psycopg
+    with psycopg.connect(f"{PG_BASE_DSN} dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_BASE_DSN} dbname={name}"
+
+
+def query(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
+    import psycopg
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def squad_csv(start: int, count: int) -> bytes:
+    """``id,question,context`` rows taken from the shared SQuAD sample."""
+    from beam_qa.dev.squad import squad_rows
+    rows = squad_rows(start + count)[start:]
+    return csv_bytes(["id", "question", "context"], [[r["id"], r["question"], r["context"]] for r in rows])
+
+
+def read_csv_text(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture
+def write_file(tmp_path):
+    def _write(name: str, data: bytes) -> Path:
+        path = tmp_path / "in" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+    return _write

@@ -1,0 +1,75 @@
+"""The QA ModelHandler on a real (tiny, random-weight) model."""
+
+import pytest
+
+from beam_qa.qa.handler import QuestionAnsweringModelHandler
+from beam_qa.qa.model_store import load_count, load_model
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_model):
+    return QuestionAnsweringModelHandler(tiny_model, device="cpu")
+
+
+def test_one_result_per_example_in_order_also_for_a_batch_of_one(handler):
+    model = handler.load_model()
+    single = list(handler.run_inference([("Who?", "Alice met Bob in Paris.")], model))
+    assert len(single) == 1 and single[0].example == ("Who?", "Alice met Bob in Paris.")
+    batch = [(f"Question {i}?", f"Context number {i} with words " * (i + 1)) for i in range(7)]
+    results = list(handler.run_inference(batch, model))
+    assert [r.example for r in results] == batch
+
+
+def test_answers_are_substrings_at_their_offsets(handler):
+    model = handler.load_model()
+    context = "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris."
+    (result,) = handler.run_inference([("Where is the tower?", context)], model)
+    span = result.inference.span
+    assert span is not None and 0 <= span.start < span.end <= len(context)
+    assert context[span.start:span.end] == span.answer
+    assert 0.0 < span.score <= 1.0
+
+
+def test_long_contexts_are_windowed_and_batched_like_single_rows(handler):
+    model = handler.load_model()
+    long_context = " ".join(f"token{i}" for i in range(1500))
+    rows = [("Which token?", long_context), ("Short?", "A short context."), ("Other?", long_context[:3000])]
+    batched = [r.inference.span for r in handler.run_inference(rows, model)]
+    one_by_one = [next(iter(handler.run_inference([row], model))).inference.span for row in rows]
+    for got, want in zip(batched, one_by_one):
+        assert (got.answer, got.start, got.end) == (want.answer, want.start, want.end)
+        assert got.score == pytest.approx(want.score, abs=1e-4)
+    assert batched[0].start >= 0 and long_context[batched[0].start:batched[0].end] == batched[0].answer
+
+
+def test_a_question_too_long_for_the_window_is_a_row_error_not_a_batch_failure(handler):
+    model = handler.load_model()
+    rows = [("q " * 600, "context"), ("Fine?", "A fine context.")]
+    results = list(handler.run_inference(rows, model))
+    assert results[0].inference.span is None and "question too long" in results[0].inference.error
+    assert results[1].inference.span is not None
+
+
+def test_model_loads_once_per_process(tiny_model):
+    first = load_model(tiny_model, "cpu")
+    before = load_count()
+    for _ in range(3):
+        assert QuestionAnsweringModelHandler(tiny_model, device="cpu").load_model() is first
+    assert load_count() == before
+
+
+def test_device_auto_picks_cpu_without_a_gpu_and_cuda_is_refused(monkeypatch):
+    import torch
+    from beam_qa.qa.model_store import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+
+
+def test_batching_knobs_reach_batch_elements():
+    handler = QuestionAnsweringModelHandler("m", min_batch_size=4, max_batch_size=16, max_batch_duration_secs=0.5)
+    assert handler.batch_elements_kwargs() == {
+        "min_batch_size": 4, "max_batch_size": 16, "max_batch_duration_secs": 0.5}

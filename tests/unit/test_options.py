@@ -1,0 +1,52 @@
+"""Options are validated before any graph is built."""
+
+import pytest
+
+from beam_qa.pipeline import parse_options
+
+BASE = ["--pg_dsn=dbname=x"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "exactly one of"),
+    (["--input_pattern=a", "--input_subscription=projects/local-project/subscriptions/s1x"], "exactly one of"),
+    (["--input_subscription=bogus"], "projects/PROJECT/subscriptions/NAME"),
+    (["--input_pattern=x", "--answers_prefix=incoming/answers/"], "would trigger it again"),
+    (["--input_pattern=x", "--error_prefix=incoming/bad/"], "would trigger it again"),
+    (["--input_pattern=x", "--doc_stride=400"], "doc_stride"),
+    (["--input_pattern=x", "--min_batch_size=9", "--max_batch_size=4"], "min_batch_size"),
+    (["--input_pattern=x", "--quantize=int8", "--device=cuda"], "CPU-only"),
+])
+def test_invalid_combinations_are_rejected(argv, message, monkeypatch):
+    monkeypatch.delenv("QA_PG_DSN", raising=False)
+    with pytest.raises(ValueError, match=message):
+        parse_options(BASE + argv)
+
+
+def test_pg_dsn_is_required(monkeypatch):
+    monkeypatch.delenv("QA_PG_DSN", raising=False)
+    with pytest.raises(ValueError, match="--pg_dsn is required"):
+        parse_options(["--input_pattern=x"])
+
+
+def test_streaming_mode_is_selected_by_the_subscription():
+    from apache_beam.options.pipeline_options import StandardOptions
+    opts = parse_options(BASE + ["--input_subscription=projects/local-project/subscriptions/qa-uploads"])
+    assert opts.view_as(StandardOptions).streaming is True
+    assert opts.incoming_prefix == "incoming/"
+
+
+def test_missing_model_fails_with_advice(tmp_path):
+    from beam_qa.qa.model_store import ModelNotFoundError, check_model_available
+    with pytest.raises(ModelNotFoundError, match="Pass --model"):
+        check_model_available(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        check_model_available(str(tmp_path / "empty"))
+
+
+def test_unreachable_hub_model_fails_at_start_with_advice(monkeypatch):
+    from beam_qa.qa.model_store import ModelNotFoundError, check_model_available
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="local directory holding config.json"):
+        check_model_available("distilbert/distilbert-base-cased-distilled-squad")
