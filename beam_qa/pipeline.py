@@ -8,12 +8,13 @@ import os
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from beam_qa import metrics
 from beam_qa.answering import AnswerQuestions
 from beam_qa.assembly import AssemblePerFile
 from beam_qa.cleanup import DeleteFailedSource, DeleteSourceObject, QuarantineFile
 from beam_qa.options import QaOptions
 from beam_qa.qa.handler import QuestionAnsweringModelHandler
-from beam_qa.qa.model_store import check_model_available, load_model
+from beam_qa.qa.model_store import check_model_available, load_count, load_model
 from beam_qa.reading import FILE_ERRORS, MANIFESTS, ROW_ERRORS, ReadCsvRows
 from beam_qa.sinks.postgres import PostgresWriter
 from beam_qa.sinks.transforms import RecordFileFailures, RecordFilesReceived, WriteAnswersCsv, WriteAnswersPostgres
@@ -45,7 +46,10 @@ class _WarmUpFn(beam.DoFn):
         writer = PostgresWriter(self._pg_dsn, model=self._model)
         writer.open()  # creates the schema if missing
         writer.close()
+        before = load_count()
         load_model(self._model, self._device, self._quantize)
+        if load_count() > before:
+            metrics.counter("model_loads").inc()
         _LOGGER.info(READY_MESSAGE)
         return []
 

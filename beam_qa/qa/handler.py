@@ -8,15 +8,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_qa import metrics
 from beam_qa.qa import decode
 from beam_qa.qa.model_store import LoadedModel, load_count, load_model
 
 _LOGGER = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "beam_qa"
+METRICS_NAMESPACE = metrics.NAMESPACE
 
 QaExample = tuple[str, str]  # (question, context)
 
@@ -78,7 +78,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         before = load_count()
         model = load_model(self._model_name, self._device, self._quantize)
         if load_count() > before:
-            Metrics.counter(METRICS_NAMESPACE, "model_loads").inc()
+            metrics.counter("model_loads").inc()
         return model
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
