@@ -262,6 +262,10 @@ def down(config: StackConfig) -> list[str]:
     return stopped
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="beam-qa local stack")
     parser.add_argument("command", choices=["run", "up", "down", "env"])
@@ -276,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         stopped = down(config)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         return 0
+    if args.command == "run":
+        # Ctrl-C (and a plain `kill`) stop what `run` started, even when the shell that
+        # launched it left SIGINT ignored (as non-interactive shells do for background jobs).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     stack = Stack(config)
     try:
         stack.up()
