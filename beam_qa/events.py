@@ -46,14 +46,6 @@ class FileEvent:
     def is_gcs(self) -> bool:
         return self.uri.startswith("gs://")
 
-    @property
-    def bucket(self) -> str:
-        return split_gcs_uri(self.uri)[0]
-
-    @property
-    def name(self) -> str:
-        return split_gcs_uri(self.uri)[1] if self.is_gcs else self.uri
-
 
 def split_gcs_uri(uri: str) -> tuple[str, str]:
     """Splits ``gs://bucket/name`` into ``(bucket, name)``.

@@ -111,8 +111,8 @@ def best_answer(
     Returns:
         The best span, or None when no window produced a candidate.
     """
+    # Insertion-ordered: on equal scores the first-seen answer wins, as in the reference.
     merged: dict[str, list] = {}
-    order: list[str] = []
     for window_index, (starts, ends, scores) in enumerate(windows):
         for s, e, score in zip(starts, ends, scores):
             start_char, end_char = char_span(window_index, int(s), int(e))
@@ -122,12 +122,9 @@ def best_answer(
                 merged[key][3] += score.item()
             else:
                 merged[key] = [text, start_char, end_char, score.item()]
-                order.append(key)
     if not merged:
         return None
-    # sorted() is stable: on equal scores the first-seen answer wins, as in the reference.
-    text, start_char, end_char, score = sorted(
-        (merged[k] for k in order), key=lambda item: item[3], reverse=True)[0]
+    text, start_char, end_char, score = sorted(merged.values(), key=lambda item: item[3], reverse=True)[0]
     return Span(answer=text, start=start_char, end=end_char, score=float(score))
 
 
