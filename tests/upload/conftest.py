@@ -1,0 +1,111 @@
+"""Fixtures for the upload service: a real fake-gcs-server, real PostgreSQL, the app under test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from beam_qa.dev.stack import _http, _port_open, fake_gcs_binary
+from tests.conftest import fresh_database
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def fake_gcs_url() -> Iterator[str]:
+    """A fake-gcs-server (in-memory, no notifications) on a free port, for this test session."""
+    port = free_port()
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+         "-backend", "memory", "-log-level", "warn", "-external-url", f"http://127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not _port_open(f"127.0.0.1:{port}"):
+            assert proc.poll() is None, "fake-gcs-server exited"
+            assert time.monotonic() < deadline, "fake-gcs-server did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def create_bucket(gcs_url: str, name: str) -> None:
+    status, body = _http("POST", f"{gcs_url}/storage/v1/b", {"name": name})
+    assert status in (200, 409), body
+
+
+def bucket_names(gcs_url: str, bucket: str) -> list[str]:
+    """Every object name in the bucket (what the service wrote, or did not)."""
+    from upload_service.services.gcs import make_client
+    return sorted(blob.name for blob in make_client(gcs_url).list_blobs(bucket))
+
+
+@pytest.fixture(scope="module")
+def upload_db() -> str:
+    """A fresh PostgreSQL database for one test module."""
+    return fresh_database("beam_qa_upload_api")
+
+
+@pytest.fixture
+def make_client(fake_gcs_url, upload_db, request):
+    """Builds a TestClient for a new app whose settings point at fake-gcs-server and PostgreSQL.
+
+    Each call gets its own empty bucket; keyword arguments override Settings fields.
+    """
+    from fastapi.testclient import TestClient
+    from upload_service.core.config import Settings, get_settings
+    from upload_service.main import create_app
+
+    opened = []
+
+    def build(**overrides):
+        bucket = f"qa-upload-{len(opened)}-{os.urandom(4).hex()}"
+        create_bucket(fake_gcs_url, bucket)
+        settings = Settings(**{"bucket": bucket, "gcs_url": fake_gcs_url, "pg_dsn": upload_db,
+                               "backend_timeout_secs": 5.0, **overrides})
+        app = create_app()
+        app.dependency_overrides[get_settings] = lambda: settings
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        client.settings = settings
+        opened.append(client)
+        return client
+
+    yield build
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def chromium_path() -> str | None:
+    path = "/usr/bin/chromium"
+    return path if os.path.exists(path) else shutil.which("chromium")
+
+
+@pytest.fixture(scope="session")
+def upload_stack(tmp_path_factory, tiny_model):
+    """The whole local stack (as `make up` starts it) on free ports: emulators, pipeline, upload service.
+
+    Shared by the end-to-end and browser tests of this folder; its bucket, subscription, database
+    and run directory are its own, so it never touches a `make up` stack running beside it.
+    """
+    from tests.e2e.support import running_stack
+    # client_env=False: the API tests of this session talk to their own fake-gcs-server.
+    with running_stack(tmp_path_factory, tiny_model, "upload-e2e", with_upload=True, client_env=False) as running:
+        yield running
+
+
+def log_tail(stack, name: str, chars: int = 3000) -> str:
+    path = stack.config.run_dir / f"{name}.log"
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""

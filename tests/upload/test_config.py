@@ -1,0 +1,53 @@
+"""Settings come from QA_* variables, read when first asked for (not at import)."""
+
+from __future__ import annotations
+
+import pytest
+
+from upload_service.core.config import Settings, get_settings
+
+
+def test_settings_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("QA_BUCKET", "b1")
+    monkeypatch.setenv("QA_INCOMING_PREFIX", "/in")
+    monkeypatch.setenv("QA_API_TOKEN", "t0k")
+    monkeypatch.setenv("QA_MAX_UPLOAD_BYTES", "123")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "localhost:4443")
+    monkeypatch.delenv("QA_GCS_URL", raising=False)
+    settings = Settings()
+    assert (settings.bucket, settings.incoming_prefix, settings.max_upload_bytes) == ("b1", "in/", 123)
+    assert settings.api_token.get_secret_value() == "t0k" and "t0k" not in repr(settings)
+    assert settings.gcs_url == "http://localhost:4443"
+    monkeypatch.setenv("QA_GCS_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("QA_API_TOKEN", "")
+    settings = Settings()
+    assert settings.gcs_url == "http://127.0.0.1:9" and settings.api_token is None
+
+
+def test_defaults_match_the_pipeline(monkeypatch):
+    from beam_qa.options import QaOptions
+    for name in ("QA_BUCKET", "QA_INCOMING_PREFIX", "QA_API_TOKEN", "QA_GCS_URL", "STORAGE_EMULATOR_HOST",
+                 "QA_MAX_UPLOAD_BYTES", "QA_MAX_ROWS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    options = QaOptions(["--input_pattern=x/*.csv"])
+    assert settings.max_upload_bytes == options.max_file_bytes
+    assert settings.max_rows == options.max_rows
+    assert settings.incoming_prefix == options.incoming_prefix
+    assert settings.gcs_url is None and settings.api_token is None
+
+
+def test_bad_settings_are_refused(monkeypatch):
+    monkeypatch.setenv("QA_MAX_ROWS", "0")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_get_settings_is_cached_and_lazy(monkeypatch):
+    get_settings.cache_clear()
+    monkeypatch.setenv("QA_BUCKET", "lazy")
+    try:
+        assert get_settings() is get_settings()
+        assert get_settings().bucket == "lazy"
+    finally:
+        get_settings.cache_clear()

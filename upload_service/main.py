@@ -1,0 +1,94 @@
+"""The FastAPI application: ``uvicorn upload_service.main:app`` (or ``create_app()`` in tests)."""
+
+from __future__ import annotations
+
+import contextlib
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from upload_service.api.routes import health, uploads, web
+from upload_service.core.config import get_settings
+from upload_service.core.errors import error_response, install_error_handlers
+from upload_service.services.validation import too_large
+
+# Room for the multipart boundary and part headers around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+DESCRIPTION = """\
+Upload `question,context` CSV files for the beam-qa pipeline, follow their status and fetch the answers.
+
+Files are checked with the pipeline's own rules before anything is stored. When the server sets
+`QA_API_TOKEN`, every `/uploads` endpoint needs `Authorization: Bearer <token>`; `/healthz`, `/readyz`
+and the web page at `/` do not. Every error is a JSON `ErrorResponse`: `error` (a kind), `message`,
+`hint` and optional `details`.
+"""
+
+
+class UploadSizeLimit:
+    """Stops reading a POST /uploads body once it exceeds the upload limit (ASGI middleware).
+
+    The multipart parser would otherwise spool an unbounded body to disk before the route
+    runs. The limit comes from the settings dependency (honouring test overrides) on each request.
+    """
+
+    def __init__(self, app, *, fastapi_app: FastAPI, path: str):
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.path = path
+
+    def _limit(self) -> int:
+        settings = self.fastapi_app.dependency_overrides.get(get_settings, get_settings)()
+        return settings.max_upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+            await self.app(scope, receive, send)
+            return
+        max_bytes = self._limit()
+        allowed = max_bytes + MULTIPART_OVERHEAD_BYTES
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > allowed:
+            error = too_large(max_bytes)
+            await error_response(error.status_code, error.body)(scope, receive, send)
+            return
+        received = 0
+
+        async def capped_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > allowed:
+                    raise too_large(max_bytes)
+            return message
+        await self.app(scope, capped_receive, send)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    app.state.clients = {}
+    try:
+        yield
+    finally:
+        for client in app.state.clients.values():
+            client.close()
+        app.state.clients.clear()
+
+
+def create_app() -> FastAPI:
+    """Builds the app. Reads no settings: they come through ``get_settings`` per request."""
+    app = FastAPI(title="beam-qa upload service", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
+    app.state.clients = {}
+    install_error_handlers(app)
+    app.include_router(uploads.router)
+    app.include_router(health.router)
+    app.include_router(web.router)
+    static = resources.files("upload_service").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.add_middleware(UploadSizeLimit, fastapi_app=app, path="/uploads")
+    return app
+
+
+app = create_app()
