@@ -1,0 +1,132 @@
+"""The job graph builds for the DataflowRunner (dry run: nothing is submitted) with stable step names.
+
+Step names are what ``--update`` matches between the running job and its replacement, so the
+top-level list below is part of the deployment contract (docs/deploy.md, "Update"). When a
+stage is added, renamed or removed on purpose, edit the list here and say in the change that
+running jobs need ``--transform_name_mapping`` (renames) or a drain-and-replace (removals).
+"""
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+
+import beam_qa
+from beam_qa import secret_manager
+from beam_qa.pipeline import build_pipeline, parse_options
+
+STREAMING_STEPS = [
+    "ReadGcsNotifications",
+    "WarmUpTrigger",
+    "WarmUpModel",
+    "ReadCsvRows",
+    "RecordFilesReceived",
+    "AnswerQuestions",
+    "AllRowOutcomes",
+    "AssemblePerFile",
+    "WriteAnswersCsv",
+    "WriteAnswersPostgres",
+    "DeleteSourceObject",
+    "QuarantineFile",
+    "RecordFileFailures",
+    "DeleteFailedSource",
+]
+
+BOUNDED_KEEP_SOURCE_STEPS = [
+    "MatchInputFiles",
+    "ReadCsvRows",
+    "RecordFilesReceived",
+    "AnswerQuestions",
+    "AllRowOutcomes",
+    "AssemblePerFile",
+    "WriteAnswersCsv",
+    "WriteAnswersPostgres",
+    "RecordFileFailures",
+]
+
+SECRET = "projects/test-project/secrets/beam-qa-pg-password/versions/3"
+
+DATAFLOW_ARGS = [
+    "--runner=DataflowRunner", "--project=test-project", "--region=us-central1",
+    "--temp_location=gs://test-bucket/tmp", "--staging_location=gs://test-bucket/staging",
+    "--job_name=beam-qa-graph-test", "--no_auth", "--dry_run=True", "--sdk_location=container",
+    "--sdk_container_image=us-central1-docker.pkg.dev/test-project/beam-qa/beam-qa-worker:test",
+    "--pg_dsn=host=10.0.0.3 dbname=beam_qa user=beam_qa", f"--pg_password_secret={SECRET}",
+    # A directory in the worker image: the model check runs in run(), not in build_pipeline(),
+    # and is not needed to build the graph.
+    "--model=/opt/beam_qa/model",
+]
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network and no credentials: any connection attempt or secret read fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access while building the graph: {args!r}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(secret_manager, "access_secret_version", refuse)
+    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def dry_run(argv: list[str]):
+    """Builds the graph for Dataflow and runs the runner up to (not including) job submission."""
+    opts = parse_options(DATAFLOW_ARGS + argv)
+    pipeline = beam.Pipeline(options=opts)
+    build_pipeline(pipeline, opts)
+    result = pipeline.run()
+    return result.job
+
+
+def top_level_steps(job) -> list[str]:
+    proto = job.proto_pipeline
+    (root_id,) = proto.root_transform_ids
+    root = proto.components.transforms[root_id]
+    return [proto.components.transforms[t].unique_name for t in root.subtransforms]
+
+
+def all_step_names(job) -> list[str]:
+    return [t.unique_name for t in job.proto_pipeline.components.transforms.values() if t.unique_name]
+
+
+def assert_stable_names(names: list[str]) -> None:
+    """Unique, and no label derived from a line of beam_qa's code (it would move with every edit).
+
+    Beam's own composites (Create, PeriodicImpulse) label lambdas by their line in Beam's
+    sources; those are fixed by the pinned Beam version.
+    """
+    assert len(names) == len(set(names))
+    own_files = {path.name for path in Path(beam_qa.__file__).parent.rglob("*.py")}
+    for name in names:
+        assert " at 0x" not in name, name
+        for source in re.findall(r"<lambda at ([\w.]+\.py):\d+>", name):
+            assert source not in own_files, f"unlabelled lambda from beam_qa/{source}: {name}"
+
+
+def test_streaming_graph_builds_for_dataflow_with_stable_step_names(offline):
+    job = dry_run(["--input_subscription=projects/test-project/subscriptions/qa-uploads-pipeline",
+                   "--input_bucket=test-bucket"])
+    assert json.loads(job.json())["type"] == "JOB_TYPE_STREAMING"
+    assert top_level_steps(job) == STREAMING_STEPS
+    assert_stable_names(all_step_names(job))
+
+
+def test_bounded_graph_builds_for_dataflow_with_stable_step_names(offline):
+    job = dry_run(["--input_pattern=gs://test-bucket/incoming/**.csv", "--keep_source"])
+    assert json.loads(job.json())["type"] == "JOB_TYPE_BATCH"
+    assert top_level_steps(job) == BOUNDED_KEEP_SOURCE_STEPS
+    assert_stable_names(all_step_names(job))
+
+
+def test_job_carries_the_secret_name_but_never_a_password(offline):
+    job = dry_run(["--input_subscription=projects/test-project/subscriptions/qa-uploads-pipeline",
+                   "--input_bucket=test-bucket"])
+    options = json.dumps(job.options.get_all_options(drop_default=True))
+    assert SECRET in options
+    assert "password" not in json.loads(options)["pg_dsn"]
+    # Nothing read the secret while building the graph or preparing the job: the offline
+    # fixture's access_secret_version fails the test when called.

@@ -1,0 +1,90 @@
+"""--pg_password_secret: validated up front, resolved on the worker, never in the job graph.
+
+The Secret Manager call is ``beam_qa.secret_manager.access_secret_version``; these tests replace
+it (or the client class it uses), so they need no credentials and no network.
+"""
+
+import pickle
+
+import pytest
+from apache_beam.internal import pickler
+
+from beam_qa import secret_manager
+from beam_qa.pipeline import parse_options
+from beam_qa.sinks.postgres import PostgresWriter
+from beam_qa.sinks.transforms import WriteAnswersPostgres
+
+SECRET = "projects/p/secrets/pg-password/versions/4"
+PASSWORD = "s3cr3t-Δ-value"
+
+
+@pytest.fixture
+def fake_secret(monkeypatch):
+    calls = []
+
+    def fetch(name: str) -> str:
+        calls.append(name)
+        return PASSWORD
+    monkeypatch.setattr(secret_manager, "access_secret_version", fetch)
+    return calls
+
+
+def test_writer_fetches_the_password_when_it_connects(fake_secret):
+    writer = PostgresWriter("host=db dbname=beam_qa user=beam_qa", model="m", password_secret=SECRET)
+    assert fake_secret == []  # nothing read when constructed
+    assert writer.connection_kwargs() == {"connect_timeout": 5, "password": PASSWORD}
+    assert fake_secret == [SECRET]
+
+
+def test_writer_without_a_secret_adds_no_password(fake_secret):
+    writer = PostgresWriter("host=db dbname=beam_qa user=beam_qa", model="m")
+    assert writer.connection_kwargs() == {"connect_timeout": 5}
+    assert fake_secret == []
+
+
+def test_the_sink_pickles_the_secret_name_not_the_password(fake_secret):
+    transform = WriteAnswersPostgres("host=db dbname=beam_qa user=beam_qa", "m", password_secret=SECRET)
+    blob = pickler.dumps(transform._fn)  # pylint: disable=protected-access
+    restored = pickler.loads(blob)
+    assert restored._password_secret == SECRET  # pylint: disable=protected-access
+    assert PASSWORD.encode() not in pickle.dumps(transform._fn)  # pylint: disable=protected-access
+    assert fake_secret == []
+
+
+def test_access_secret_version_reads_the_payload(monkeypatch):
+    from google.cloud import secretmanager
+
+    class FakeTransport:
+        closed = False
+
+        def close(self):
+            FakeTransport.closed = True
+
+    class FakeClient:
+        def __init__(self):
+            self.transport = FakeTransport()
+
+        def access_secret_version(self, request):
+            assert request == {"name": SECRET}
+            return secretmanager.AccessSecretVersionResponse(
+                name=SECRET, payload=secretmanager.SecretPayload(data=PASSWORD.encode("utf-8")))
+    monkeypatch.setattr(secretmanager, "SecretManagerServiceClient", FakeClient)
+    assert secret_manager.access_secret_version(SECRET) == PASSWORD
+    assert FakeTransport.closed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pg_password_secret=projects/p/secrets/s"], "projects/PROJECT/secrets/NAME/versions/VERSION"),
+    (["--pg_password_secret=" + SECRET, "--pg_dsn=host=db user=u password=x dbname=d"], "must not contain a password"),
+    (["--pg_password_secret=" + SECRET, "--pg_dsn=postgresql://u:x@db/d"], "must not contain a password"),
+])
+def test_bad_secret_options_are_rejected(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_options(["--input_pattern=x", "--pg_dsn=host=db dbname=d user=u"] + argv)
+
+
+def test_the_secret_name_is_the_only_trace_in_the_options(fake_secret):
+    opts = parse_options(["--input_pattern=x", "--pg_dsn=host=db dbname=d user=u", f"--pg_password_secret={SECRET}"])
+    assert opts.pg_password_secret == SECRET
+    assert PASSWORD not in repr(opts.get_all_options())
+    assert fake_secret == []
