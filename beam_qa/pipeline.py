@@ -12,13 +12,13 @@ from beam_qa import metrics
 from beam_qa.answering import AnswerQuestions
 from beam_qa.assembly import AssemblePerFile
 from beam_qa.cleanup import DeleteFailedSource, DeleteSourceObject, QuarantineFile
-from beam_qa.options import QaOptions
+from beam_qa.options import DEFAULT_MODEL, QaOptions
 from beam_qa.qa.handler import QuestionAnsweringModelHandler
 from beam_qa.qa.model_store import check_model_available, load_count, load_model
 from beam_qa.reading import FILE_ERRORS, MANIFESTS, ROW_ERRORS, ReadCsvRows
 from beam_qa.sinks.postgres import PostgresWriter
 from beam_qa.sinks.transforms import RecordFileFailures, RecordFilesReceived, WriteAnswersCsv, WriteAnswersPostgres
-from beam_qa.sources import MatchInputFiles, ReadGcsNotifications
+from beam_qa.sources import MatchInputFiles, ReadGcsNotifications, SweepIncoming
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,14 +36,15 @@ def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
 class _WarmUpFn(beam.DoFn):
     """Creates the schema and loads the model before the first file arrives, then says ready."""
 
-    def __init__(self, model: str, device: str, quantize: str, pg_dsn: str):
+    def __init__(self, model: str, device: str, quantize: str, pg_dsn: str, pg_password_secret: str | None = None):
         self._model = model
         self._device = device
         self._quantize = quantize
         self._pg_dsn = pg_dsn
+        self._pg_password_secret = pg_password_secret
 
     def process(self, _):
-        writer = PostgresWriter(self._pg_dsn, model=self._model)
+        writer = PostgresWriter(self._pg_dsn, model=self._model, password_secret=self._pg_password_secret)
         writer.open()  # creates the schema if missing
         writer.close()
         before = load_count()
@@ -63,26 +64,36 @@ def build_pipeline(p: beam.Pipeline, opts: QaOptions) -> None:
     """
     anonymous = opts.gcs_anonymous
     if opts.input_subscription:
-        events = p | "ReadGcsNotifications" >> ReadGcsNotifications(opts.input_subscription, opts.incoming_prefix)
+        sweep = None
+        if opts.sweep_interval_secs:
+            sweep = SweepIncoming(opts.input_bucket, opts.incoming_prefix, opts.sweep_interval_secs,
+                                  opts.sweep_grace_secs, opts.pg_dsn, opts.model, anonymous,
+                                  opts.pg_password_secret)
+        events = p | "ReadGcsNotifications" >> ReadGcsNotifications(
+            opts.input_subscription, opts.incoming_prefix, sweep, retry_after_secs=opts.sweep_grace_secs)
         _ = (p | "WarmUpTrigger" >> beam.Create([None])
-             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.quantize, opts.pg_dsn)))
+             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.quantize, opts.pg_dsn,
+                                                     opts.pg_password_secret)))
     else:
         events = p | "MatchInputFiles" >> MatchInputFiles(opts.input_pattern, opts.incoming_prefix, anonymous)
 
     read = events | "ReadCsvRows" >> ReadCsvRows(opts.max_file_bytes, opts.max_rows, anonymous)
-    _ = read[MANIFESTS] | "RecordFilesReceived" >> RecordFilesReceived(opts.pg_dsn, opts.model)
+    _ = read[MANIFESTS] | "RecordFilesReceived" >> RecordFilesReceived(
+        opts.pg_dsn, opts.model, password_secret=opts.pg_password_secret)
 
     answered = read.rows | "AnswerQuestions" >> AnswerQuestions(make_handler(opts))
     files = ((answered, read[ROW_ERRORS]) | "AllRowOutcomes" >> beam.Flatten()
              | "AssemblePerFile" >> AssemblePerFile())
     written = (files
                | "WriteAnswersCsv" >> WriteAnswersCsv(opts.answers_prefix, anonymous)
-               | "WriteAnswersPostgres" >> WriteAnswersPostgres(opts.pg_dsn, opts.model))
+               | "WriteAnswersPostgres" >> WriteAnswersPostgres(
+                   opts.pg_dsn, opts.model, password_secret=opts.pg_password_secret))
     failures = read[FILE_ERRORS]
     if not opts.keep_source:
         _ = written | "DeleteSourceObject" >> DeleteSourceObject(anonymous)
         failures = failures | "QuarantineFile" >> QuarantineFile(opts.error_prefix, anonymous)
-    recorded = failures | "RecordFileFailures" >> RecordFileFailures(opts.pg_dsn, opts.model)
+    recorded = failures | "RecordFileFailures" >> RecordFileFailures(
+        opts.pg_dsn, opts.model, password_secret=opts.pg_password_secret)
     if not opts.keep_source:
         _ = recorded | "DeleteFailedSource" >> DeleteFailedSource(anonymous)
 
@@ -98,6 +109,9 @@ def parse_options(argv: list[str] | None = None) -> QaOptions:
         opts.pg_dsn = os.environ["QA_PG_DSN"]
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         opts.gcs_anonymous = True
+    if not opts.model:
+        # The worker image sets QA_MODEL to the model baked into it (Dockerfile.worker).
+        opts.model = os.environ.get("QA_MODEL") or DEFAULT_MODEL
     opts.validate_qa()
     if opts.input_subscription:
         opts.view_as(StandardOptions).streaming = True
@@ -118,7 +132,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     check_model_available(opts.model)
     pipeline = test_pipeline or beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
-    result = pipeline.run()
-    if not opts.input_subscription or test_pipeline is None:
-        result.wait_until_finish()
+    wait = not opts.input_subscription or test_pipeline is None
+    # On Dataflow the console shows these figures; the launcher only submits the job.
+    local = "Dataflow" not in str(opts.view_as(StandardOptions).runner)
+    with metrics.status_reporting(opts.status_interval_secs if wait and local else 0):
+        result = pipeline.run()
+        if wait:
+            result.wait_until_finish()
     return result

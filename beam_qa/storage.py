@@ -111,10 +111,18 @@ class Storage:
     def exists(self, uri: str) -> bool:
         return self.stat(uri) is not None
 
-    def write_text(self, uri: str, text: str, content_type: str = "text/csv; charset=utf-8") -> None:
-        """Writes a whole file atomically (a GCS upload or a local rename)."""
+    def write_text(self, uri: str, text: str, content_type: str = "text/csv; charset=utf-8",
+                   client_retries: bool = True) -> None:
+        """Writes a whole file atomically (a GCS upload or a local rename).
+
+        Args:
+            client_retries: False sends a single request: google-cloud-storage 3.x otherwise
+                retries a failing upload for up to 120 s inside this call, for callers that
+                run their own, shorter retry loop.
+        """
         if uri.startswith("gs://"):
-            self._blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type)
+            extra = {} if client_retries else {"retry": None}
+            self._blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type, **extra)
             return
         directory = os.path.dirname(uri)
         os.makedirs(directory, exist_ok=True)

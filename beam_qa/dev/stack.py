@@ -48,6 +48,12 @@ class StackConfig:
     run_dir: Path = dataclasses.field(default_factory=lambda: Path(_env("QA_RUN_DIR", str(REPO / ".run"))))
     pipeline_args: list[str] = dataclasses.field(
         default_factory=lambda: os.environ.get("QA_PIPELINE_ARGS", "").split())
+    upload_host: str = dataclasses.field(default_factory=lambda: _env("QA_UPLOAD_HOST", "127.0.0.1"))
+    upload_port: int = dataclasses.field(default_factory=lambda: int(_env("QA_UPLOAD_PORT", "8000")))
+
+    @property
+    def upload_url(self) -> str:
+        return f"http://{self.upload_host}:{self.upload_port}"
 
     @property
     def subscription_path(self) -> str:
@@ -171,12 +177,14 @@ class Stack:
         """Creates the database named in the DSN if it does not exist."""
         import psycopg
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
+        from psycopg import sql
         params = conninfo_to_dict(self.config.pg_dsn)
         dbname = params.get("dbname", "postgres")
         admin = make_conninfo(self.config.pg_dsn, dbname="postgres")
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-                conn.execute(f'CREATE DATABASE "{dbname}"')
+                # An identifier cannot be a bind parameter; sql.Identifier quotes it safely.
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
                 _LOGGER.info("created database %s", dbname)
 
     def ensure_model(self) -> str:
@@ -196,7 +204,10 @@ class Stack:
         return [sys.executable, "-m", "beam_qa", "--runner=DirectRunner",
                 f"--input_subscription={cfg.subscription_path}", f"--incoming_prefix={cfg.incoming_prefix}",
                 f"--answers_prefix={cfg.answers_prefix}", f"--error_prefix={cfg.error_prefix}",
-                f"--model={model}", f"--pg_dsn={cfg.pg_dsn}", *cfg.pipeline_args]
+                f"--model={model}", f"--pg_dsn={cfg.pg_dsn}",
+                # The sweeper lists this bucket; locally a file takes well under a second, so
+                # a short grace lets it pick up missed files soon (QA_PIPELINE_ARGS can override).
+                f"--input_bucket={cfg.bucket}", "--sweep_grace_secs=30", *cfg.pipeline_args]
 
     def start_pipeline(self, model: str, timeout: float = 180.0) -> subprocess.Popen:
         from beam_qa.pipeline import READY_MESSAGE
@@ -211,6 +222,34 @@ class Stack:
         _wait_for(ready, "the pipeline", timeout, proc, log)
         _LOGGER.info("pipeline ready (log: %s)", log)
         return proc
+
+    def upload_env(self) -> dict[str, str]:
+        """The upload service's settings (``upload_service/core/config.py``) for this stack."""
+        cfg = self.config
+        return {**cfg.client_env(), "QA_GCS_URL": cfg.gcs_url, "QA_BUCKET": cfg.bucket,
+                "QA_INCOMING_PREFIX": cfg.incoming_prefix, "QA_PG_DSN": cfg.pg_dsn}
+
+    def start_upload(self, timeout: float = 60.0) -> None:
+        """Starts the upload service (uvicorn) and waits until GET /healthz answers."""
+        url = self.config.upload_url
+
+        def healthy() -> bool:
+            try:
+                status, body = _http("GET", f"{url}/healthz", timeout=2.0)
+            except OSError:
+                return False
+            return status == 200 and b"beam-qa-upload" in body
+        if _port_open(f"{self.config.upload_host}:{self.config.upload_port}"):
+            if healthy():
+                _LOGGER.info("upload service already listening on %s", url)
+                return
+            raise RuntimeError(f"port {self.config.upload_port} is taken by something that is not the upload "
+                               "service; set QA_UPLOAD_PORT to a free port")
+        proc = self._spawn("upload", [sys.executable, "-m", "uvicorn", "upload_service.main:app",
+                                      "--host", self.config.upload_host, "--port", str(self.config.upload_port)],
+                           env=self.upload_env())
+        _wait_for(healthy, "the upload service", timeout, proc, self.config.run_dir / "upload.log")
+        _LOGGER.info("upload service on %s", url)
 
     def up(self) -> None:
         """Starts everything and returns once the pipeline is ready for notifications."""
@@ -288,12 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(config)
     try:
         stack.up()
+        stack.start_upload()
     except BaseException:
         stack.stop()
         raise
     print(f"beam-qa is up. Upload CSVs to gs://{config.bucket}/{config.incoming_prefix} "
           f"(STORAGE_EMULATOR_HOST={config.gcs_url}); answers go to gs://{config.bucket}/{config.answers_prefix} "
-          f"and PostgreSQL ({config.pg_dsn}). Logs: {config.run_dir}/", flush=True)
+          f"and PostgreSQL ({config.pg_dsn}). Upload page and API: {config.upload_url}/ . "
+          f"Logs: {config.run_dir}/", flush=True)
     if args.command == "up":
         stack.procs.clear()  # detached: `down` stops them through their pid files
         return 0

@@ -20,6 +20,16 @@ METRICS_NAMESPACE = metrics.NAMESPACE
 
 QaExample = tuple[str, str]  # (question, context)
 
+# Padded tokens per forward pass. On a CPU, passes that stay cache-sized beat one big
+# pass per row (see README "Performance"); a GPU wants large batches.
+CPU_TOKENS_PER_FORWARD = 1024
+GPU_TOKENS_PER_FORWARD = 65536
+
+
+def default_tokens_per_forward(device: str) -> int:
+    """The micro-batch budget for a resolved device (``cpu``, ``cuda`` or ``cuda:N``)."""
+    return GPU_TOKENS_PER_FORWARD if str(device).startswith("cuda") else CPU_TOKENS_PER_FORWARD
+
 
 @dataclasses.dataclass(frozen=True)
 class QaPrediction:
@@ -32,6 +42,7 @@ class QaPrediction:
 @dataclasses.dataclass(frozen=True)
 class _Window:
     example: int
+    order: int  # position in tokenizer output: window order within its example
     encoding: Any
     p_mask: np.ndarray
 
@@ -44,7 +55,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     """Batched extractive QA: fast tokenizer + AutoModelForQuestionAnswering.
 
     Long contexts are split into overlapping windows; windows of the whole batch are
-    sorted by length and run in micro-batches padded only to their longest window.
+    sorted by length and run in micro-batches padded only to their longest window. A
+    micro-batch holds at most ``tokens_per_forward`` padded tokens: on a CPU, one huge
+    forward pass is slower per row than several cache-sized ones.
     """
 
     def __init__(
@@ -59,7 +72,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         max_batch_duration_secs: float | None = None,
-        windows_per_forward: int = 32,
+        tokens_per_forward: int | None = None,
     ):
         super().__init__()
         self._model_name = model
@@ -68,7 +81,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         self._max_seq_len = max_seq_len
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
-        self._windows_per_forward = windows_per_forward
+        self._tokens_per_forward = tokens_per_forward
         self._batch_kwargs: dict[str, Any] = {
             "min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         if max_batch_duration_secs is not None:
@@ -77,8 +90,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     def load_model(self) -> LoadedModel:
         before = load_count()
         model = load_model(self._model_name, self._device, self._quantize)
-        if load_count() > before:
-            metrics.counter("model_loads").inc()
+        # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
+        # lost; the count is reported with the next batch instead (see run_inference).
+        self._unreported_loads = getattr(self, "_unreported_loads", 0) + load_count() - before
         return model
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
@@ -97,25 +111,29 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """Answers a batch; returns exactly one PredictionResult per example, in order."""
+        if getattr(self, "_unreported_loads", 0):
+            metrics.counter("model_loads").inc(self._unreported_loads)
+            self._unreported_loads = 0
         windows, errors = self._tokenize(batch, model.tokenizer)
-        candidates: list[list] = [[] for _ in batch]
-        window_of: list[list[_Window]] = [[] for _ in batch]
+        decoded: list[list[tuple[_Window, tuple]]] = [[] for _ in batch]
         for chunk, (starts, ends) in self._forward(windows, model):
             for window, start_logits, end_logits in zip(chunk, starts, ends):
                 length = window.length
-                candidates[window.example].append(decode.window_candidates(
+                decoded[window.example].append((window, decode.window_candidates(
                     start_logits[:length], end_logits[:length], window.p_mask,
-                    max_answer_len=self._max_answer_len))
-                window_of[window.example].append(window)
+                    max_answer_len=self._max_answer_len)))
         results = []
         for index, (question, context) in enumerate(batch):
             if errors.get(index):
                 prediction = QaPrediction(span=None, error=errors[index])
             else:
-                encodings = window_of[index]
+                # Back to window order: equal answers from several windows merge into the
+                # first one's offsets, as in the reference, so the order matters.
+                in_order = sorted(decoded[index], key=lambda item: item[0].order)
+                encodings = [window.encoding for window, _ in in_order]
                 span = decode.best_answer(
-                    context, candidates[index],
-                    lambda w, s, e, encodings=encodings: decode.word_aligned_span(encodings[w].encoding, s, e))
+                    context, [candidates for _, candidates in in_order],
+                    lambda w, s, e, encodings=encodings: decode.word_aligned_span(encodings[w], s, e))
                 prediction = QaPrediction(span=span, error="" if span else "no answer span found")
             results.append(PredictionResult((question, context), prediction, self._model_name))
         return results
@@ -143,13 +161,26 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 per_example.extend((index, enc) for enc in single.encodings)
         cls_id = tokenizer.cls_token_id
         windows = []
-        for example, encoding in per_example:
+        for order, (example, encoding) in enumerate(per_example):
             sequence_ids = encoding.sequence_ids
             p_mask = np.array([sid != 1 for sid in sequence_ids], dtype=bool)
             if cls_id is not None:
                 p_mask[np.asarray(encoding.ids) == cls_id] = False
-            windows.append(_Window(example=int(example), encoding=encoding, p_mask=p_mask))
+            windows.append(_Window(example=int(example), order=order, encoding=encoding, p_mask=p_mask))
         return windows, errors
+
+    @staticmethod
+    def _micro_batches(ordered: list[_Window], budget: int):
+        """Splits length-sorted windows into runs of at most ``budget`` padded tokens (one window at least)."""
+        chunk: list[_Window] = []
+        for window in ordered:
+            # Sorted by length, so the newest window sets the padded width.
+            if chunk and (len(chunk) + 1) * window.length > budget:
+                yield chunk
+                chunk = []
+            chunk.append(window)
+        if chunk:
+            yield chunk
 
     def _forward(self, windows: list[_Window], model: LoadedModel):
         """Yields ``(chunk, (start_logits, end_logits))`` per length-sorted micro-batch."""
@@ -158,9 +189,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         input_names = [n for n in model.tokenizer.model_input_names
                        if n in ("input_ids", "attention_mask", "token_type_ids")]
         pad_id = model.tokenizer.pad_token_id or 0
-        for offset in range(0, len(ordered), self._windows_per_forward):
-            chunk = ordered[offset:offset + self._windows_per_forward]
-            width = max(w.length for w in chunk)
+        budget = self._tokens_per_forward or default_tokens_per_forward(model.device)
+        for chunk in self._micro_batches(ordered, budget):
+            width = chunk[-1].length
             ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
             types = np.zeros((len(chunk), width), dtype=np.int64)

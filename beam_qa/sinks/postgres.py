@@ -51,6 +51,12 @@ ON CONFLICT (source_uri, source_generation) DO UPDATE SET
 WHERE qa_files.status <> 'done'
 """
 
+# File versions that reached a final state; the sweeper re-emits the others.
+FINISHED_VERSIONS = """
+SELECT source_uri, source_generation FROM qa_files
+WHERE status IN ('done', 'failed') AND source_uri = ANY(%s)
+"""
+
 
 def schema_sql() -> str:
     """The documented schema (beam_qa/sql/schema.sql)."""
@@ -90,17 +96,27 @@ def with_retries(action: Callable[[], T], *, what: str, deadline_secs: float,
 class PostgresWriter:
     """A connection pool plus the three idempotent writes the pipeline needs."""
 
-    def __init__(self, dsn: str, *, model: str, retry_secs: float = 120.0, max_size: int = 4):
+    def __init__(self, dsn: str, *, model: str, retry_secs: float = 120.0, max_size: int = 4,
+                 password_secret: str | None = None):
         self._dsn = dsn
         self._model = model
         self._retry_secs = retry_secs
         self._max_size = max_size
+        self._password_secret = password_secret
         self._pool = None
+
+    def connection_kwargs(self) -> dict:
+        """libpq parameters added to the DSN; the password is fetched here, on the worker."""
+        kwargs: dict = {"connect_timeout": 5}
+        if self._password_secret:
+            from beam_qa import secret_manager
+            kwargs["password"] = secret_manager.access_secret_version(self._password_secret)
+        return kwargs
 
     def open(self) -> None:
         from psycopg_pool import ConnectionPool
         self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._max_size, open=False,
-                                    timeout=10.0, kwargs={"connect_timeout": 5})
+                                    timeout=10.0, kwargs=self.connection_kwargs())
         self._pool.open(wait=False)
 
         def create() -> None:
@@ -144,3 +160,14 @@ class PostgresWriter:
         self._run("recording a failed file", lambda conn: conn.execute(
             MARK_FAILED, (event.uri, event.generation, failure.reason, failure.error_uri or None,
                           self._model)))
+
+    def finished_versions(self, uris: list[str]) -> set[tuple[str, int]]:
+        """The ``(uri, generation)`` pairs among ``uris`` recorded as ``done`` or ``failed``."""
+        found: set[tuple[str, int]] = set()
+
+        def work(conn) -> None:
+            found.clear()
+            found.update((uri, int(generation)) for uri, generation
+                         in conn.execute(FINISHED_VERSIONS, (list(uris),)).fetchall())
+        self._run("listing finished files", work)
+        return found

@@ -39,7 +39,9 @@ class _WriteCsvFn(beam.DoFn):
         delay = 0.5
         for attempt in range(1, self._attempts + 1):
             try:
-                self._storage.write_text(target, text)
+                # One request per attempt: this loop is the retry policy (about 8 s in all), so a
+                # failing bucket does not hold the worker for the client's 120 s per attempt.
+                self._storage.write_text(target, text, client_retries=False)
                 break
             except Exception:  # pylint: disable=broad-except
                 if attempt == self._attempts:
@@ -68,14 +70,17 @@ class WriteAnswersCsv(beam.PTransform):
 class _PostgresFn(beam.DoFn):
     """Base for DoFns holding a PostgresWriter (pool opened in setup, closed in teardown)."""
 
-    def __init__(self, dsn: str, model: str, retry_secs: float):
+    def __init__(self, dsn: str, model: str, retry_secs: float, password_secret: str | None = None):
         self._dsn = dsn
         self._model = model
         self._retry_secs = retry_secs
+        # Only the secret's name is pickled into the graph; the password is read in setup().
+        self._password_secret = password_secret
         self._writer: PostgresWriter | None = None
 
     def setup(self):
-        self._writer = PostgresWriter(self._dsn, model=self._model, retry_secs=self._retry_secs)
+        self._writer = PostgresWriter(self._dsn, model=self._model, retry_secs=self._retry_secs,
+                                      password_secret=self._password_secret)
         self._writer.open()
 
     def teardown(self):
@@ -104,9 +109,9 @@ class _WriteAnswersFn(_PostgresFn):
 class WriteAnswersPostgres(beam.PTransform):
     """Upserts a file's answers and marks it done, in one transaction; passes it on after commit."""
 
-    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0):
+    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0, password_secret: str | None = None):
         super().__init__()
-        self._fn = _WriteAnswersFn(dsn, model, retry_secs)
+        self._fn = _WriteAnswersFn(dsn, model, retry_secs, password_secret)
 
     def expand(self, files):
         return files | "UpsertAnswers" >> beam.ParDo(self._fn)
@@ -124,9 +129,9 @@ class _MarkReceivedFn(_PostgresFn):
 class RecordFilesReceived(beam.PTransform):
     """Records each file version as ``received`` in qa_files (never downgrades ``done``)."""
 
-    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0):
+    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0, password_secret: str | None = None):
         super().__init__()
-        self._fn = _MarkReceivedFn(dsn, model, retry_secs)
+        self._fn = _MarkReceivedFn(dsn, model, retry_secs, password_secret)
 
     def expand(self, manifests):
         return manifests | "MarkReceived" >> beam.ParDo(self._fn)
@@ -148,9 +153,9 @@ class _MarkFailedFn(_PostgresFn):
 class RecordFileFailures(beam.PTransform):
     """Marks file versions ``failed`` with their reason; passes them on after commit."""
 
-    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0):
+    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0, password_secret: str | None = None):
         super().__init__()
-        self._fn = _MarkFailedFn(dsn, model, retry_secs)
+        self._fn = _MarkFailedFn(dsn, model, retry_secs, password_secret)
 
     def expand(self, failures):
         return failures | "MarkFailed" >> beam.ParDo(self._fn)

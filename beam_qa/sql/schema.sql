@@ -33,3 +33,6 @@ CREATE TABLE IF NOT EXISTS qa_answers (
 );
 
 CREATE INDEX IF NOT EXISTS qa_files_status_idx ON qa_files (status);
+-- The upload service finds a file by its object-name prefix (incoming/<upload_id>/):
+-- LIKE 'prefix%' uses this index whatever the database's collation.
+CREATE INDEX IF NOT EXISTS qa_files_source_uri_prefix_idx ON qa_files (source_uri text_pattern_ops);

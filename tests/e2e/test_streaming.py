@@ -6,89 +6,26 @@ and run directory, so it never touches a `make up` stack running beside it.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import shutil
-import socket
 import time
 
 import pytest
 
-from beam_qa.dev.stack import Stack, StackConfig, _http
 from tests.conftest import csv_bytes, fresh_database, query, read_csv_text, squad_csv
+from tests.e2e.support import DEADLINE_SECS, publish, running_stack, upload, wait_for_status, wait_gone
 
 pytestmark = pytest.mark.e2e
-
-DEADLINE_SECS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model):
-    if not shutil.which("gcloud"):
-        pytest.fail("gcloud (with the Pub/Sub emulator) is required for the end-to-end tests")
-    config = StackConfig(
-        project="local-project", pubsub_host=f"127.0.0.1:{free_port()}", gcs_url=f"http://127.0.0.1:{free_port()}",
-        bucket="qa-e2e", topic="qa-e2e-uploads", subscription="qa-e2e-pipeline",
-        pg_dsn=fresh_database("beam_qa_e2e"), model=tiny_model,
-        run_dir=tmp_path_factory.mktemp("run"), pipeline_args=[])
-    running = Stack(config)
-    saved = {k: os.environ.get(k) for k in config.client_env()}
-    os.environ.update(config.client_env())
-    try:
-        running.up()
+    with running_stack(tmp_path_factory, tiny_model, "e2e") as running:
         yield running
-    finally:
-        running.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
 def bucket(stack):
     from beam_qa.storage import make_gcs_client
     return make_gcs_client(anonymous=True).bucket(stack.config.bucket)
-
-
-def upload(bucket, name: str, data: bytes):
-    blob = bucket.blob(name)
-    blob.upload_from_string(data, content_type="text/csv")
-    return blob
-
-
-def wait_for_status(stack, uri: str, generation: int, status: str, timeout: float = DEADLINE_SECS) -> float:
-    """Seconds until qa_files holds ``status`` for that version; fails after ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        rows = query(stack.config.pg_dsn, "SELECT status FROM qa_files WHERE source_uri = %s "
-                     "AND source_generation = %s", (uri, generation))
-        if rows and rows[0][0] == status:
-            return time.monotonic() - start
-        time.sleep(0.1)
-    pytest.fail(f"{uri}#{generation} did not reach {status} within {timeout}s; "
-                f"pipeline log tail:\n{(stack.config.run_dir / 'pipeline.log').read_text()[-3000:]}")
-
-
-def wait_gone(bucket, name: str, timeout: float = DEADLINE_SECS) -> None:
-    deadline = time.monotonic() + timeout
-    while bucket.get_blob(name) is not None:
-        assert time.monotonic() < deadline, f"{name} was not deleted within {timeout}s"
-        time.sleep(0.1)
-
-
-def publish(stack, attributes: dict[str, str], data: dict) -> None:
-    body = {"messages": [{"data": base64.b64encode(json.dumps(data).encode()).decode(), "attributes": attributes}]}
-    status, text = _http("POST", f"http://{stack.config.pubsub_host}/v1/{stack.config.topic_path}:publish", body)
-    assert status == 200, text
 
 
 def test_three_files_are_answered_within_seconds_and_the_model_loads_once(stack, bucket):

@@ -4,6 +4,7 @@ import pytest
 
 from beam_qa.csv_rows import FileError, parse_csv
 from beam_qa.events import FileEvent
+from tests.bad_input_cases import BIG_ROWS, CASES, MAX_ROWS, REASONS, expected_values
 
 EVENT = FileEvent(uri="gs://b/incoming/x.csv", generation=1, size=-1, root="gs://b/",
                   relative_name="x.csv", event_time=0.0)
@@ -62,7 +63,10 @@ def test_extra_fields_are_a_row_error():
     (b"question,context,question\nq,c,q\n", "duplicate_columns"),
     ("question,context\nqu\u00e9,c\n".encode("latin-1"), "not_utf8"),
     (b"question,context\nq\x00,c\n", "binary"),
-    (bytes(range(256)) * 4, "not_utf8"),
+    (bytes(range(256)) * 4, "binary"),
+    (bytes(range(1, 256)) * 4, "not_utf8"),
+    (b'question,context\n"unterminated,c\nq,c\n', "malformed_csv"),
+    (b'question,context\nq,"closed" then text\n', "malformed_csv"),
 ])
 def test_file_errors(data, kind):
     assert kind_of(data) == kind
@@ -82,3 +86,42 @@ def test_a_one_megabyte_cell_is_read():
     big = "word " * 200_000
     parsed = parse(f"question,context\nq,\"{big}\"\n".encode())
     assert len(parsed.rows[0].context) == len(big)
+
+
+def test_a_quote_inside_an_unquoted_cell_is_kept():
+    assert parse(b'question,context\nHe said "hi"?,c\n').rows[0].question == 'He said "hi"?'
+
+
+def test_nul_byte_message_gives_the_offset():
+    with pytest.raises(FileError, match="NUL byte at offset 18"):
+        parse(b"question,context\nq\x00,c\n")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input_catalogue_at_parse_level(case):
+    """Each catalogue case parses to its file error, or to exactly the expected cells."""
+    data = case.build()
+    if case.kind:
+        with pytest.raises(FileError) as info:
+            parse(data, max_rows=MAX_ROWS)
+        assert info.value.kind == case.kind
+        assert REASONS[case.kind] in str(info.value) and case.reason in str(info.value)
+        return
+    parsed = parse(data, max_rows=MAX_ROWS)
+    assert parsed.manifest.header == case.header
+    assert parsed.manifest.row_count == len(case.rows)
+    assert [r.values for r in parsed.rows] == [expected_values(row) for row in case.rows]
+    for row, expected in zip(parsed.rows, case.errors or ("",) * len(case.rows)):
+        # Parse-level row errors only; "question too long" is the model handler's.
+        assert row.error == ("" if expected.endswith("…") else expected)
+
+
+def test_the_full_100k_row_file_parses_under_the_default_row_limit():
+    """The pipeline runs reject this file cheaply with --max_rows; here every row is parsed."""
+    case = next(c for c in CASES if c.name == "rows_100k")
+    parsed = parse(case.build(), max_bytes=50 * 1024 * 1024, max_rows=200_000)
+    assert parsed.manifest.row_count == BIG_ROWS == len(parsed.rows)
+    last = parsed.rows[-1]
+    n = BIG_ROWS - 1
+    assert (last.row_index, last.row_id, last.question) == (n, f"r{n}", f"Question {n}?")
+    assert not any(r.error for r in parsed.rows)

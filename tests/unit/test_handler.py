@@ -1,5 +1,6 @@
 """The QA ModelHandler on a real (tiny, random-weight) model."""
 
+import numpy as np
 import pytest
 
 from beam_qa.qa.handler import QuestionAnsweringModelHandler
@@ -73,3 +74,58 @@ def test_batching_knobs_reach_batch_elements():
     handler = QuestionAnsweringModelHandler("m", min_batch_size=4, max_batch_size=16, max_batch_duration_secs=0.5)
     assert handler.batch_elements_kwargs() == {
         "min_batch_size": 4, "max_batch_size": 16, "max_batch_duration_secs": 0.5}
+
+
+def _window_by_window(handler, model, question, context):
+    """The reference's orchestration: every window on its own, unpadded, in window order."""
+    import torch
+    from beam_qa.qa import decode
+    encoded = model.tokenizer(question, context, truncation="only_second", max_length=384, stride=128,
+                              return_overflowing_tokens=True)
+    windows = []
+    for enc in encoded.encodings:
+        p_mask = np.array([sid != 1 for sid in enc.sequence_ids], dtype=bool)
+        p_mask[0] = False  # CLS
+        with torch.inference_mode():
+            out = model.model(input_ids=torch.tensor([enc.ids]), attention_mask=torch.tensor([enc.attention_mask]))
+        windows.append((enc, decode.window_candidates(out.start_logits[0].numpy(), out.end_logits[0].numpy(), p_mask)))
+    return decode.best_answer(context, [c for _, c in windows],
+                              lambda w, s, e: decode.word_aligned_span(windows[w][0], s, e))
+
+
+def test_equal_answers_in_several_windows_keep_the_first_windows_offsets(handler):
+    # The same sentences in every window: equal answer texts from several windows are
+    # merged, and the merged answer must keep the offsets of the earliest window even
+    # though the handler runs windows sorted by length (the last window is the shortest).
+    model = handler.load_model()
+    context = " ".join(["The cat sat on the mat near the door."] * 120)
+    question = "Where did the cat sit?"
+    (result,) = handler.run_inference([(question, context)], model)
+    want = _window_by_window(handler, model, question, context)
+    got = result.inference.span
+    assert (got.answer, got.start, got.end) == (want.answer, want.start, want.end)
+    assert got.score == pytest.approx(want.score, abs=1e-5)
+
+
+class _Enc:
+    def __init__(self, n):
+        self.ids = [0] * n
+
+
+def test_micro_batches_stay_within_the_token_budget_and_keep_every_window():
+    from beam_qa.qa.handler import _Window
+    lengths = sorted([12, 40, 40, 41, 100, 200, 384, 384, 384])
+    windows = [_Window(example=i, order=i, encoding=_Enc(n), p_mask=None) for i, n in enumerate(lengths)]
+    chunks = list(QuestionAnsweringModelHandler._micro_batches(windows, 800))
+    assert [w for chunk in chunks for w in chunk] == windows
+    for chunk in chunks:
+        assert len(chunk) * max(w.length for w in chunk) <= 800 or len(chunk) == 1
+    # A window longer than the whole budget still runs, alone.
+    assert [len(c) for c in QuestionAnsweringModelHandler._micro_batches(windows[-2:], 100)] == [1, 1]
+
+
+def test_gpus_get_a_larger_micro_batch_budget_than_cpus():
+    from beam_qa.qa.handler import CPU_TOKENS_PER_FORWARD, default_tokens_per_forward
+    assert default_tokens_per_forward("cpu") == CPU_TOKENS_PER_FORWARD
+    assert default_tokens_per_forward("cuda") > 8 * CPU_TOKENS_PER_FORWARD
+    assert default_tokens_per_forward("cuda:1") == default_tokens_per_forward("cuda")

@@ -16,6 +16,9 @@ BASE = ["--pg_dsn=dbname=x"]
     (["--input_pattern=x", "--doc_stride=400"], "doc_stride"),
     (["--input_pattern=x", "--min_batch_size=9", "--max_batch_size=4"], "min_batch_size"),
     (["--input_pattern=x", "--quantize=int8", "--device=cuda"], "CPU-only"),
+    (["--input_subscription=projects/local-project/subscriptions/s1x"], "--input_bucket None is not a bucket"),
+    (["--input_subscription=projects/local-project/subscriptions/s1x", "--input_bucket=gs://b/"],
+     "not a bucket name"),
 ])
 def test_invalid_combinations_are_rejected(argv, message, monkeypatch):
     monkeypatch.delenv("QA_PG_DSN", raising=False)
@@ -31,9 +34,17 @@ def test_pg_dsn_is_required(monkeypatch):
 
 def test_streaming_mode_is_selected_by_the_subscription():
     from apache_beam.options.pipeline_options import StandardOptions
-    opts = parse_options(BASE + ["--input_subscription=projects/local-project/subscriptions/qa-uploads"])
+    opts = parse_options(BASE + ["--input_subscription=projects/local-project/subscriptions/qa-uploads",
+                                 "--input_bucket=qa-local"])
     assert opts.view_as(StandardOptions).streaming is True
     assert opts.incoming_prefix == "incoming/"
+    assert (opts.sweep_interval_secs, opts.sweep_grace_secs) == (300.0, 300.0)
+
+
+def test_the_sweeper_can_be_turned_off_without_a_bucket():
+    opts = parse_options(BASE + ["--input_subscription=projects/local-project/subscriptions/qa-uploads",
+                                 "--sweep_interval_secs=0"])
+    assert opts.sweep_interval_secs == 0 and opts.input_bucket is None
 
 
 def test_missing_model_fails_with_advice(tmp_path):
@@ -50,3 +61,11 @@ def test_unreachable_hub_model_fails_at_start_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="local directory holding config.json"):
         check_model_available("distilbert/distilbert-base-cased-distilled-squad")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], 32), (["--device=cpu"], 32), (["--device=auto"], 32), (["--device=cuda"], 256),
+    (["--device=cuda", "--max_batch_size=64"], 64), (["--max_batch_size=8"], 8),
+])
+def test_max_batch_size_defaults_by_device(extra, expected):
+    assert parse_options(BASE + ["--input_pattern=x"] + extra).max_batch_size == expected
