@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,21 @@ def tiny_model(tmp_path_factory) -> str:
     """A random-weight DistilBERT QA model and tokenizer, built offline once per session."""
     from beam_qa.dev.tiny_model import build_model
     return str(build_model(tmp_path_factory.mktemp("model") / "tiny", "tiny"))
+
+
+# A word the poisoned model's tokenizer knows but its embeddings do not: any batch holding
+# it makes the real forward pass raise IndexError, like a model/tokenizer mismatch would.
+POISON = "qqboomqq"
+
+
+def poisoned_model(tiny_model: str, target: Path) -> str:
+    """A copy of the tiny model whose tokenizer has one token (``POISON``) without an embedding."""
+    from transformers import AutoTokenizer
+    shutil.copytree(tiny_model, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    assert tokenizer.add_tokens([POISON]) == 1
+    tokenizer.save_pretrained(target)
+    return str(target)
 
 
 def fresh_database(name: str) -> str:

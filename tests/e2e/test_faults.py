@@ -31,12 +31,12 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from beam_qa.dev.stack import Stack, StackConfig
-from tests.conftest import PG_BASE_DSN, csv_bytes, fresh_database, query, read_csv_text, squad_csv
+from tests.conftest import (
+    PG_BASE_DSN, POISON, csv_bytes, fresh_database, poisoned_model, query, read_csv_text, squad_csv)
 from tests.e2e.support import (
     create_subscription, free_port, publish, pull_all, stack_environment, upload, wait_for_status, wait_gone)
 
@@ -45,7 +45,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SWEEP_INTERVAL_SECS = 5
 SWEEP_GRACE_SECS = 20
 MAX_BATCH_SIZE = 4
-POISON = "qqboomqq"
 
 
 class TcpProxy:
@@ -202,16 +201,6 @@ class GcsProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-def poisoned_model(tiny_model: str, target: Path) -> str:
-    """The tiny model plus a tokenizer token it has no embedding for (see the module docstring)."""
-    from transformers import AutoTokenizer
-    shutil.copytree(tiny_model, target)
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    assert tokenizer.add_tokens([POISON]) == 1
-    tokenizer.save_pretrained(target)
-    return str(target)
 
 
 @dataclasses.dataclass

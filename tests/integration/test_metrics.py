@@ -5,7 +5,8 @@ Three bounded runs on the DirectRunner with the real PostgreSQL:
 * a run over good and bad files (every file error kind, every row error kind), with the
   PostgreSQL password taken from a (fake) Secret Manager reference;
 * the notification stage of the streaming source over crafted GCS notifications;
-* a run whose output locations cannot be written (sink and quarantine failures).
+* a run whose output locations cannot be written (sink and quarantine failures);
+* a run whose model raises on one batch (RunInference's failed-batch counter).
 
 Metrics that need a fault these runs cannot cause on purpose (listed in NOT_INDUCED) are
 checked to be emitted by the code, by name.
@@ -27,7 +28,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from beam_qa import secret_manager
 from beam_qa.metrics import NAMESPACE
 from beam_qa.pipeline import run
-from tests.conftest import csv_bytes, fresh_database, query, squad_csv
+from tests.conftest import POISON, csv_bytes, fresh_database, poisoned_model, query, squad_csv
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,6 @@ NOT_INDUCED = {
     "files_swept": "beam_qa",
     "files_retried": "beam_qa",
     "sweep_failures": "beam_qa",
-    "failed_batches_counter": "apache_beam",
 }
 
 
@@ -198,6 +198,21 @@ def failing_outputs_run(tmp_path_factory, tiny_model):
     return read_metrics(result)[0], incoming
 
 
+@pytest.fixture(scope="module")
+def failing_model_run(tmp_path_factory, tiny_model):
+    """One row of three makes the real model raise: one failed batch of one row."""
+    base = tmp_path_factory.mktemp("metrics-model")
+    model = poisoned_model(tiny_model, base / "poisoned-model")
+    incoming = base / "in"
+    incoming.mkdir()
+    (incoming / "rows.csv").write_bytes(csv_bytes(["question", "context"], [
+        ["Who?", "Alice met Bob."], ["Where?", f"In {POISON} Paris."], ["When?", "In 1999."]]))
+    dsn = fresh_database("beam_qa_metrics_model")
+    result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={model}", f"--pg_dsn={dsn}",
+                  "--max_batch_size=1", "--keep_source"])
+    return read_metrics(result)[0], dsn
+
+
 def test_table_lists_every_metric_named_in_the_code():
     """A metric added to the code without a row in docs/metrics.md fails here."""
     names = set(documented())
@@ -226,9 +241,9 @@ def test_metrics_not_induced_here_are_emitted_by_the_code():
         assert re.search(rf"['\"]{name}['\"]", sources[where]), f"{name} is not emitted by {where}"
 
 
-def test_every_documented_metric_is_emitted(main_run, notification_run, failing_outputs_run):
+def test_every_documented_metric_is_emitted(main_run, notification_run, failing_outputs_run, failing_model_run):
     emitted = (set(main_run["counters"]) | set(main_run["distributions"]) | set(notification_run)
-               | set(failing_outputs_run[0]))
+               | set(failing_outputs_run[0]) | set(failing_model_run[0]))
     missing = set(documented()) - set(NOT_INDUCED) - emitted
     assert not missing, f"documented but not emitted by the runs: {sorted(missing)}"
     for name, kind in documented().items():
@@ -305,3 +320,14 @@ def test_password_is_read_on_the_workers_and_never_logged(main_run):
     assert main_run["fetched"] and set(main_run["fetched"]) == {SECRET}
     assert main_run["logs"], "nothing was captured"
     assert not [line for line in main_run["logs"] if PASSWORD in line]
+
+
+def test_a_failing_batch_is_counted_and_becomes_row_errors(failing_model_run):
+    counters, dsn = failing_model_run
+    assert counters["failed_batches_counter"] == 1
+    assert counters["row_errors_model"] == 1
+    assert counters["rows_answered"] == 2
+    assert counters["files_done"] == 1
+    rows = query(dsn, "SELECT row_index, answer IS NULL, error FROM qa_answers ORDER BY row_index")
+    assert [(index, no_answer) for index, no_answer, _ in rows] == [(0, False), (1, True), (2, False)]
+    assert rows[1][2].startswith("model failed on this batch")
