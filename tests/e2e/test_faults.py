@@ -458,7 +458,7 @@ def test_postgres_unreachable_for_30s_delays_but_loses_nothing(faults):
 
 
 def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_while_down(faults):
-    rows = 150
+    rows = 400  # enough that the kill lands mid-file even on a quiet machine
     big = upload(faults.bucket, "incoming/kill/big.csv", squad_csv(1000, rows))
     uri = faults.uri(big)
     wait_for_status(faults.services, uri, big.generation, "received", timeout=60)
@@ -473,8 +473,13 @@ def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_whi
     # acked the big file's on pull; this one is drained here): only the sweeper can find them.
     down_data = squad_csv(1400, 4)
     down = upload(faults.bucket, "incoming/kill/while-down.csv", down_data)
-    lost = pull_all(faults.services.config, faults.services.config.subscription_path)
-    assert any(m.get("attributes", {}).get("objectId") == down.name for m in lost)
+    # fake-gcs-server publishes asynchronously: drain until this object's notification is gone.
+    deadline, drained = time.monotonic() + 30, False
+    while not drained and time.monotonic() < deadline:
+        lost = pull_all(faults.services.config, faults.services.config.subscription_path)
+        drained = any(m.get("attributes", {}).get("objectId") == down.name for m in lost)
+        time.sleep(0.2)
+    assert drained, "the notification for the file uploaded while down never arrived"
     log_size = len(faults.log())
 
     faults.pipeline.start_pipeline(faults.model)
