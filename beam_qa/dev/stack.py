@@ -29,6 +29,15 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def redacted_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***``, for printing."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    params = conninfo_to_dict(dsn)
+    if params.get("password"):
+        params["password"] = "***"
+    return make_conninfo(**params)
+
+
 @dataclasses.dataclass
 class StackConfig:
     """Where everything runs. Each field's environment variable is in the README table."""
@@ -204,7 +213,8 @@ class Stack:
         return [sys.executable, "-m", "beam_qa", "--runner=DirectRunner",
                 f"--input_subscription={cfg.subscription_path}", f"--incoming_prefix={cfg.incoming_prefix}",
                 f"--answers_prefix={cfg.answers_prefix}", f"--error_prefix={cfg.error_prefix}",
-                f"--model={model}", f"--pg_dsn={cfg.pg_dsn}",
+                # The DSN travels as QA_PG_DSN (client_env), so a password never shows in `ps`.
+                f"--model={model}",
                 # The sweeper lists this bucket; locally a file takes well under a second, so
                 # a short grace lets it pick up missed files soon (QA_PIPELINE_ARGS can override).
                 f"--input_bucket={cfg.bucket}", "--sweep_grace_secs=30", *cfg.pipeline_args]
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     print(f"beam-qa is up. Upload CSVs to gs://{config.bucket}/{config.incoming_prefix} "
           f"(STORAGE_EMULATOR_HOST={config.gcs_url}); answers go to gs://{config.bucket}/{config.answers_prefix} "
-          f"and PostgreSQL ({config.pg_dsn}). Upload page and API: {config.upload_url}/ . "
+          f"and PostgreSQL ({redacted_dsn(config.pg_dsn)}). Upload page and API: {config.upload_url}/ . "
           f"Logs: {config.run_dir}/", flush=True)
     if args.command == "up":
         stack.procs.clear()  # detached: `down` stops them through their pid files

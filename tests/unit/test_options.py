@@ -1,5 +1,7 @@
 """Options are validated before any graph is built."""
 
+from pathlib import Path
+
 import pytest
 
 from beam_qa.pipeline import parse_options
@@ -69,3 +71,14 @@ def test_unreachable_hub_model_fails_at_start_with_advice(monkeypatch):
 ])
 def test_max_batch_size_defaults_by_device(extra, expected):
     assert parse_options(BASE + ["--input_pattern=x"] + extra).max_batch_size == expected
+
+
+def test_the_dev_stack_never_prints_or_passes_a_database_password():
+    from beam_qa.dev.stack import Stack, StackConfig, redacted_dsn
+    dsn = "host=127.0.0.1 dbname=beam_qa user=qa password=s3cret-pw"
+    assert "s3cret-pw" not in redacted_dsn(dsn) and "password=***" in redacted_dsn(dsn)
+    assert redacted_dsn("postgresql://qa:s3cret-pw@db/beam_qa").count("s3cret-pw") == 0
+    config = StackConfig(pg_dsn=dsn, run_dir=Path("/tmp/unused"))
+    command = Stack(config).pipeline_command("/models/tiny")
+    assert not [arg for arg in command if "s3cret-pw" in arg]
+    assert config.client_env()["QA_PG_DSN"] == dsn  # how the pipeline gets it instead
