@@ -42,17 +42,19 @@ def make_gcs_client(anonymous: bool | None = None):
     return storage.Client()
 
 
-class Storage:
-    """File operations keyed by URI (``gs://bucket/name`` or a local path)."""
+class LazyGcsClient:
+    """Holds a google-cloud-storage client created on first use (never at import or pickling)."""
 
-    def __init__(self, client=None, anonymous: bool | None = None):
+    def __init__(self, client=None):
         self._client = client
-        self._anonymous = anonymous
+
+    def _make_client(self):
+        raise NotImplementedError
 
     @property
     def client(self):
         if self._client is None:
-            self._client = make_gcs_client(self._anonymous)
+            self._client = self._make_client()
         return self._client
 
     def close(self) -> None:
@@ -62,6 +64,17 @@ class Storage:
             except Exception:  # pylint: disable=broad-except
                 pass  # closing is best effort; the process may be shutting down
             self._client = None
+
+
+class Storage(LazyGcsClient):
+    """File operations keyed by URI (``gs://bucket/name`` or a local path)."""
+
+    def __init__(self, client=None, anonymous: bool | None = None):
+        super().__init__(client)
+        self._anonymous = anonymous
+
+    def _make_client(self):
+        return make_gcs_client(self._anonymous)
 
     def _blob(self, uri: str, generation: int | None = None):
         bucket, name = split_gcs_uri(uri)

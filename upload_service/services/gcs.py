@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from beam_qa.events import split_gcs_uri
+from beam_qa.storage import LazyGcsClient
 from upload_service.core.errors import ApiError
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _unavailable(what: str, exc: Exception) -> ApiError:
                     hint="Try again in a moment; GET /readyz shows whether storage is reachable.")
 
 
-class UploadStore:
+class UploadStore(LazyGcsClient):
     """Operations on one bucket. The client is created on first use, never at import.
 
     Args:
@@ -49,24 +50,13 @@ class UploadStore:
     """
 
     def __init__(self, bucket: str, gcs_url: str | None, timeout: float, client=None):
+        super().__init__(client)
         self.bucket_name = bucket
         self._gcs_url = gcs_url
         self._timeout = timeout
-        self._client = client
 
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = make_client(self._gcs_url)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # pylint: disable=broad-except
-                pass  # best effort at shutdown
-            self._client = None
+    def _make_client(self):
+        return make_client(self._gcs_url)
 
     def uri(self, name: str) -> str:
         return f"gs://{self.bucket_name}/{name}"
