@@ -82,6 +82,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
         self._tokens_per_forward = tokens_per_forward
+        self._unreported_loads = 0
         self._batch_kwargs: dict[str, Any] = {
             "min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         if max_batch_duration_secs is not None:
@@ -92,7 +93,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         model = load_model(self._model_name, self._device, self._quantize)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
-        self._unreported_loads = getattr(self, "_unreported_loads", 0) + load_count() - before
+        self._unreported_loads += load_count() - before
         return model
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
@@ -111,7 +112,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """Answers a batch; returns exactly one PredictionResult per example, in order."""
-        if getattr(self, "_unreported_loads", 0):
+        if self._unreported_loads:
             metrics.counter("model_loads").inc(self._unreported_loads)
             self._unreported_loads = 0
         windows, errors = self._tokenize(batch, model.tokenizer)
