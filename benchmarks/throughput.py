@@ -39,7 +39,7 @@ _LOGGER = logging.getLogger(__name__)
 
 TARGETS = {"handler_vs_baseline": 1.3, "int8_vs_baseline": 1.8, "pipeline_vs_handler": 0.85}
 PG_BASE_DSN = os.environ.get("QA_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
-BENCH_DB = "beam_qa_bench"
+BENCH_DB = os.environ.get("QA_TEST_DB_PREFIX", "") + "beam_qa_bench"
 
 
 def bench_rows(count: int) -> list[dict]:

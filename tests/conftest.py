@@ -35,9 +35,15 @@ def poisoned_model(tiny_model: str, target: Path) -> str:
     return str(target)
 
 
+# Test runs that share one PostgreSQL server side by side (several checkouts of the project)
+# set this so that their databases never collide.
+DB_PREFIX = os.environ.get("QA_TEST_DB_PREFIX", "")
+
+
 def fresh_database(name: str) -> str:
-    """Drops and recreates database ``name``; returns its DSN."""
+    """Drops and recreates database ``QA_TEST_DB_PREFIX + name``; returns its DSN."""
     import psycopg
+    name = DB_PREFIX + name
     with psycopg.connect(f"{PG_BASE_DSN} dbname=postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
