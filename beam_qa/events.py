@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -10,41 +9,14 @@ import posixpath
 import time
 from typing import Any
 
+from beam_qa.records import FileEvent
+
+__all__ = ["ANSWERS_SUFFIX", "FileEvent", "answers_location", "derived_location", "gcs_file_event", "local_file_event", "parse_notification",
+           "pattern_base_dir", "quarantine_location", "split_gcs_uri"]
+
 _LOGGER = logging.getLogger(__name__)
 
 FINALIZE = "OBJECT_FINALIZE"
-
-
-@dataclasses.dataclass(frozen=True)
-class FileEvent:
-    """One version of one uploaded file.
-
-    Attributes:
-        uri: ``gs://bucket/name`` or an absolute local path.
-        generation: GCS object generation; for local files the mtime in nanoseconds.
-        size: size in bytes as reported by the event or the file system (-1 if unknown).
-        root: where relative output locations are resolved: ``gs://bucket/`` for objects,
-            the input directory for local files.
-        relative_name: the name below the incoming prefix (or input directory), used to
-            derive the answers and error locations.
-        event_time: seconds since the epoch when the upload was finalized.
-    """
-
-    uri: str
-    generation: int
-    size: int
-    root: str
-    relative_name: str
-    event_time: float
-
-    @property
-    def key(self) -> str:
-        """The identity of this file version: every side effect is keyed by it."""
-        return f"{self.uri}#{self.generation}"
-
-    @property
-    def is_gcs(self) -> bool:
-        return self.uri.startswith("gs://")
 
 
 def split_gcs_uri(uri: str) -> tuple[str, str]:
@@ -70,7 +42,7 @@ def _rfc3339_to_epoch(value: str | None) -> float:
 
 
 def parse_notification(
-    data: bytes, attributes: dict[str, str], incoming_prefix: str,
+    data: bytes, attributes: dict[str, str], incoming_prefix: str, message_id: str = "",
 ) -> tuple[FileEvent | None, str]:
     """Parses one GCS Pub/Sub notification (``payloadFormat=JSON_API_V1``).
 
@@ -78,6 +50,7 @@ def parse_notification(
         data: the message payload (the object's JSON resource).
         attributes: the message attributes (``eventType``, ``bucketId``, ``objectId``, ...).
         incoming_prefix: only objects under this prefix are accepted.
+        message_id: the Pub/Sub message id; it becomes the event's ``trigger`` (claim token).
 
     Returns:
         ``(event, "")`` for a file to process, or ``(None, reason)`` naming why the
@@ -113,10 +86,11 @@ def parse_notification(
         root=f"gs://{bucket}/",
         relative_name=name[len(incoming_prefix):],
         event_time=_rfc3339_to_epoch(resource.get("timeCreated") or attributes.get("eventTime")),
+        trigger=f"pubsub:{message_id}" if message_id else "",
     ), ""
 
 
-def local_file_event(path: str, base_dir: str) -> FileEvent:
+def local_file_event(path: str, base_dir: str, trigger: str = "") -> FileEvent:
     """Builds the event for a local file found by the bounded input pattern."""
     path = os.path.abspath(path)
     stat = os.stat(path)
@@ -127,16 +101,34 @@ def local_file_event(path: str, base_dir: str) -> FileEvent:
         root=os.path.abspath(base_dir),
         relative_name=os.path.relpath(path, base_dir),
         event_time=stat.st_mtime,
+        trigger=trigger,
     )
 
 
 def gcs_file_event(bucket: str, name: str, generation: int, size: int, updated: float,
-                   incoming_prefix: str) -> FileEvent:
+                   incoming_prefix: str, trigger: str = "") -> FileEvent:
     """Builds the event for an object found by listing a bucket."""
     relative = name[len(incoming_prefix):] if name.startswith(incoming_prefix) else name
     return FileEvent(
         uri=f"gs://{bucket}/{name}", generation=generation, size=size,
-        root=f"gs://{bucket}/", relative_name=relative, event_time=updated)
+        root=f"gs://{bucket}/", relative_name=relative, event_time=updated, trigger=trigger)
+
+
+ANSWERS_SUFFIX = ".answers.csv"
+
+
+def answers_location(event: FileEvent, prefix: str) -> str:
+    """The answers CSV of one file version: ``<prefix><name without .csv>.<generation>.answers.csv``.
+
+    The generation is part of the name so that two versions of one name, answered at the same
+    time, never overwrite each other's answers (README "Output").
+    """
+    return derived_location(event, prefix, f".{event.generation}{ANSWERS_SUFFIX}")
+
+
+def quarantine_location(event: FileEvent, prefix: str) -> str:
+    """Where a failed file version is kept: ``<prefix><name without .csv>.<generation>.csv``."""
+    return derived_location(event, prefix, f".{event.generation}.csv")
 
 
 def derived_location(event: FileEvent, prefix: str, suffix: str = "") -> str:

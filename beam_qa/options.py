@@ -7,6 +7,10 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_qa.csv_rows import DEFAULT_MAX_CONTEXT_CHARS
+from beam_qa.settings import (InputSettings, OutputSettings, PostgresSettings, StorageSettings,
+                              SweepSettings)
+
 DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
 
 # Secret Manager secret version resource name (the password for --pg_dsn).
@@ -19,6 +23,9 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
 # only add latency; a GPU keeps getting faster with larger batches.
 CPU_MAX_BATCH_SIZE = 32
 GPU_MAX_BATCH_SIZE = 256
+# Rows per chunk (README "Scaling out"): two CPU batches, so that a bundle's batches are full
+# and a 1,000-row file is spread over 16 units of work.
+DEFAULT_CHUNK_SIZE = 64
 
 _SUBSCRIPTION_RE = re.compile(r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}$")
 
@@ -75,11 +82,11 @@ class QaOptions(PipelineOptions):
         src.add_argument(
             "--sweep_interval_secs", type=_non_negative_float, default=300.0,
             help="Streaming: every N seconds (and once at start-up) re-emit incoming CSVs that "
-            "have no done or failed record; 0 turns the sweeper off.")
+            "have no done or failed record and no live lease; 0 turns the sweeper off.")
         src.add_argument(
             "--sweep_grace_secs", type=_non_negative_float, default=300.0,
-            help="The sweeper leaves files younger than this alone, and retries a file at most "
-            "once per this period; keep it above the time your largest file takes.")
+            help="The sweeper leaves files younger than this alone (their notification is on its "
+            "way). Whether a file is retried depends on its lease (--lease_secs), not on its age.")
         src.add_argument(
             "--incoming_prefix", default="incoming/",
             help="Only objects whose name starts with this prefix are processed (streaming).")
@@ -100,6 +107,14 @@ class QaOptions(PipelineOptions):
         src.add_argument(
             "--max_rows", type=_positive_int, default=200_000,
             help="Files with more data rows than this are rejected as a file error.")
+        src.add_argument(
+            "--max_context_chars", type=_positive_int, default=DEFAULT_MAX_CONTEXT_CHARS,
+            help="A row whose context has more characters than this is a row error (the rest of its "
+            f"file is answered). Default: {DEFAULT_MAX_CONTEXT_CHARS:,}, about 100 windows of 384 tokens.")
+        src.add_argument(
+            "--chunk_size", type=_positive_int, default=DEFAULT_CHUNK_SIZE,
+            help="Rows per chunk: a file's rows are cut into chunks that are spread over workers and "
+            f"committed to PostgreSQL together. Default: {DEFAULT_CHUNK_SIZE} (README \"Scaling out\").")
 
         model = parser.add_argument_group("model")
         model.add_argument(
@@ -119,16 +134,23 @@ class QaOptions(PipelineOptions):
                            help="Overlap in tokens between windows of a long context.")
         model.add_argument("--max_answer_len", type=_positive_int, default=15,
                            help="Longest answer span in tokens.")
-        model.add_argument("--min_batch_size", type=_positive_int, default=1,
-                           help="Smallest RunInference batch.")
+        model.add_argument(
+            "--min_batch_size", type=_positive_int, default=None,
+            help="Smallest RunInference batch. Default: --max_batch_size, so that every batch is full "
+            "while rows are waiting (a bundle's last batch may be smaller).")
         model.add_argument(
             "--max_batch_size", type=_positive_int, default=None,
             help=f"Largest RunInference batch (rows). Default: {CPU_MAX_BATCH_SIZE}, or "
             f"{GPU_MAX_BATCH_SIZE} with --device cuda (a GPU wants large batches).")
         model.add_argument(
             "--max_batch_duration_secs", type=_positive_float, default=None,
-            help="Streaming: longest time a row waits for its batch to fill. Unset: batches "
-            "are formed within each bundle, which already holds whole files.")
+            help="Streaming: longest time a row waits for its batch to fill (stateful batching across "
+            "bundles). Unset: batches are formed within each bundle, which holds whole chunks.")
+        model.add_argument(
+            "--inference_threads", type=int, default=0,
+            help="Intra-op threads per model call. 0 (default): the usable CPUs divided by the model "
+            "calls that run at once in a worker process (--direct_num_workers locally; on Dataflow 1, "
+            "as it runs one SDK process per vCPU, unless no_use_multiple_sdk_containers is set).")
 
         sink = parser.add_argument_group("sinks")
         sink.add_argument(
@@ -139,6 +161,15 @@ class QaOptions(PipelineOptions):
             help="Secret Manager secret version holding the PostgreSQL password "
             "(projects/P/secrets/S/versions/V). Read by the workers when they connect; "
             "--pg_dsn then carries no password.")
+        sink.add_argument(
+            "--pg_pool_size", type=_positive_int, default=4,
+            help="Most PostgreSQL connections one worker process opens; every step of the process "
+            "shares them (docs/deploy.md \"Connection budget\").")
+        sink.add_argument(
+            "--lease_secs", type=_positive_float, default=120.0,
+            help="How long an attempt at a file holds it without a heartbeat. The worker that started "
+            "it renews the lease every third of this while it lives; a new attempt (sweeper, repeated "
+            "notification) starts only once it has expired.")
         sink.add_argument(
             "--gcs_anonymous", nargs="?", const=True, default=False, type=_flag,
             help="Use an anonymous GCS client (emulators). Implied when STORAGE_EMULATOR_HOST is set.")
@@ -185,6 +216,8 @@ class QaOptions(PipelineOptions):
                              f"--max_seq_len ({self.max_seq_len}).")
         if self.max_batch_size is None:
             self.max_batch_size = GPU_MAX_BATCH_SIZE if self.device == "cuda" else CPU_MAX_BATCH_SIZE
+        if self.min_batch_size is None:
+            self.min_batch_size = self.max_batch_size
         if self.min_batch_size > self.max_batch_size:
             raise ValueError("--min_batch_size must not exceed --max_batch_size.")
         if self.pg_password_secret:
@@ -198,3 +231,28 @@ class QaOptions(PipelineOptions):
                                  "is given: the password would be stored in the job graph.")
         if self.quantize == "int8" and self.device == "cuda":
             raise ValueError("--quantize int8 is CPU-only; on CUDA the model runs in fp16.")
+        if self.inference_threads < 0:
+            raise ValueError("--inference_threads must be 0 (automatic) or a positive number of threads.")
+
+    # -- settings, one object per concern (beam_qa/settings.py) ---------------------------
+    def postgres_settings(self) -> PostgresSettings:
+        return PostgresSettings(dsn=self.pg_dsn, password_secret=self.pg_password_secret,
+                                pool_size=self.pg_pool_size, lease_secs=self.lease_secs)
+
+    def storage_settings(self) -> StorageSettings:
+        return StorageSettings(anonymous=bool(self.gcs_anonymous))
+
+    def input_settings(self) -> InputSettings:
+        return InputSettings(incoming_prefix=self.incoming_prefix, max_file_bytes=self.max_file_bytes,
+                             max_rows=self.max_rows, max_context_chars=self.max_context_chars,
+                             chunk_size=self.chunk_size)
+
+    def output_settings(self) -> OutputSettings:
+        return OutputSettings(answers_prefix=self.answers_prefix, error_prefix=self.error_prefix,
+                              keep_source=bool(self.keep_source))
+
+    def sweep_settings(self) -> SweepSettings | None:
+        if not (self.input_subscription and self.sweep_interval_secs):
+            return None
+        return SweepSettings(bucket=self.input_bucket, interval_secs=self.sweep_interval_secs,
+                             grace_secs=self.sweep_grace_secs)

@@ -6,18 +6,19 @@ import logging
 import os
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam import coders
+from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
 
-from beam_qa import metrics
+from beam_qa import clients, metrics
 from beam_qa.answering import AnswerQuestions
-from beam_qa.assembly import AssemblePerFile
 from beam_qa.cleanup import DeleteFailedSource, DeleteSourceObject, QuarantineFile
 from beam_qa.options import DEFAULT_MODEL, QaOptions
-from beam_qa.qa.handler import QuestionAnsweringModelHandler
-from beam_qa.qa.model_store import check_model_available, load_count, load_model
-from beam_qa.reading import FILE_ERRORS, MANIFESTS, ROW_ERRORS, ReadCsvRows
-from beam_qa.sinks.postgres import PostgresWriter
-from beam_qa.sinks.transforms import RecordFileFailures, RecordFilesReceived, WriteAnswersCsv, WriteAnswersPostgres
+from beam_qa.qa.handler import QuestionAnsweringModelHandler, usable_cpus
+from beam_qa.qa.model_store import check_model_available, load_count
+from beam_qa.reading import FILE_ERRORS, ClaimFiles, ReadCsvRows
+from beam_qa.records import Chunk, ChunkRow, FileEvent, rebuild_chunk
+from beam_qa.settings import PostgresSettings
+from beam_qa.sinks.transforms import MarkFilesDone, RecordFileFailures, WriteAnswersCsv, WriteAnswersPostgres
 from beam_qa.sources import MatchInputFiles, ReadGcsNotifications, SweepIncoming
 
 _LOGGER = logging.getLogger(__name__)
@@ -25,34 +26,69 @@ _LOGGER = logging.getLogger(__name__)
 READY_MESSAGE = "beam_qa pipeline ready"
 
 
+def register_coders() -> None:
+    """Schema-based coders for the records that cross a shuffle (stable across ``--update``)."""
+    for record in (FileEvent, ChunkRow, Chunk):
+        coders.registry.register_coder(record, coders.RowCoder)
+
+
+def inference_threads(opts: QaOptions) -> int:
+    """Intra-op threads per model call for this run (0: leave torch's default).
+
+    A worker process runs several model calls at once (one per concurrent bundle); each
+    should get its share of the CPUs, not all of them, or the calls oversubscribe the cores.
+    """
+    if opts.inference_threads:
+        return opts.inference_threads
+    if "Dataflow" in str(opts.view_as(StandardOptions).runner):
+        experiments = opts.view_as(DebugOptions).experiments or []
+        # Dataflow's Python workers run one SDK process per vCPU unless told otherwise.
+        return 0 if "no_use_multiple_sdk_containers" in experiments else 1
+    workers = opts.view_as(DirectOptions).direct_num_workers or 1
+    if workers <= 0:  # Beam's "as many as there are CPUs"
+        workers = usable_cpus()
+    return max(1, usable_cpus() // workers)
+
+
 def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
     return QuestionAnsweringModelHandler(
         opts.model, device=opts.device, quantize=opts.quantize, max_seq_len=opts.max_seq_len,
         doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
         min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=opts.max_batch_duration_secs)
+        max_batch_duration_secs=opts.max_batch_duration_secs, inference_threads=inference_threads(opts))
 
 
 class _WarmUpFn(beam.DoFn):
-    """Creates the schema and loads the model before the first file arrives, then says ready."""
+    """Opens the database (migrating the schema if needed) and loads the model, then says ready."""
 
-    def __init__(self, model: str, device: str, quantize: str, pg_dsn: str, pg_password_secret: str | None = None):
-        self._model = model
-        self._device = device
-        self._quantize = quantize
-        self._pg_dsn = pg_dsn
-        self._pg_password_secret = pg_password_secret
+    def __init__(self, handler: QuestionAnsweringModelHandler, pg: PostgresSettings):
+        self._handler = handler
+        self._pg = pg
 
     def process(self, _):
-        writer = PostgresWriter(self._pg_dsn, model=self._model, password_secret=self._pg_password_secret)
-        writer.open()  # creates the schema if missing
-        writer.close()
+        clients.postgres(self._pg)
         before = load_count()
-        load_model(self._model, self._device, self._quantize)
+        self._handler.load_model()
         if load_count() > before:
-            metrics.counter("model_loads").inc()
+            metrics.MODEL_LOADS.inc(load_count() - before)
         _LOGGER.info(READY_MESSAGE)
         return []
+
+
+
+
+class SpreadChunks(beam.PTransform):
+    """Breaks fusion after reading: the chunks of one file go to many workers and threads.
+
+    Without it, a file's read, every inference batch and its commits run in one work item on
+    one thread (Dataflow fuses consecutive ParDos). Chunks travel with Beam's schema coder.
+    """
+
+    def expand(self, chunks):
+        return (chunks
+                | "AsChunks" >> beam.Map(rebuild_chunk).with_output_types(Chunk)
+                | "Reshuffle" >> beam.Reshuffle()
+                | "FromSchemaRows" >> beam.Map(rebuild_chunk))
 
 
 def build_pipeline(p: beam.Pipeline, opts: QaOptions) -> None:
@@ -62,40 +98,37 @@ def build_pipeline(p: beam.Pipeline, opts: QaOptions) -> None:
         p: the pipeline.
         opts: validated options (see ``QaOptions.validate_qa``).
     """
-    anonymous = opts.gcs_anonymous
+    register_coders()
+    pg, files = opts.postgres_settings(), opts.storage_settings()
+    inputs, outputs = opts.input_settings(), opts.output_settings()
+    handler = make_handler(opts)
     if opts.input_subscription:
-        sweep = None
-        if opts.sweep_interval_secs:
-            sweep = SweepIncoming(opts.input_bucket, opts.incoming_prefix, opts.sweep_interval_secs,
-                                  opts.sweep_grace_secs, opts.pg_dsn, opts.model, anonymous,
-                                  opts.pg_password_secret)
+        sweep_settings = opts.sweep_settings()
+        sweep = SweepIncoming(sweep_settings, opts.incoming_prefix, pg, files) if sweep_settings else None
         events = p | "ReadGcsNotifications" >> ReadGcsNotifications(
-            opts.input_subscription, opts.incoming_prefix, sweep, retry_after_secs=opts.sweep_grace_secs)
+            opts.input_subscription, opts.incoming_prefix, sweep)
         _ = (p | "WarmUpTrigger" >> beam.Create([None])
-             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.quantize, opts.pg_dsn,
-                                                     opts.pg_password_secret)))
+             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(handler, pg)))
     else:
-        events = p | "MatchInputFiles" >> MatchInputFiles(opts.input_pattern, opts.incoming_prefix, anonymous)
+        events = p | "MatchInputFiles" >> MatchInputFiles(opts.input_pattern, opts.incoming_prefix, files)
 
-    read = events | "ReadCsvRows" >> ReadCsvRows(opts.max_file_bytes, opts.max_rows, anonymous)
-    _ = read[MANIFESTS] | "RecordFilesReceived" >> RecordFilesReceived(
-        opts.pg_dsn, opts.model, password_secret=opts.pg_password_secret)
+    claims = events | "ClaimFiles" >> ClaimFiles(pg)
+    read = claims | "ReadCsvRows" >> ReadCsvRows(inputs, pg, files)
+    completed = (read.chunks
+                 | "SpreadChunks" >> SpreadChunks()
+                 | "AnswerQuestions" >> AnswerQuestions(handler, pg)
+                 | "WriteAnswersPostgres" >> WriteAnswersPostgres(pg))
+    written = completed | "WriteAnswersCsv" >> WriteAnswersCsv(outputs.answers_prefix, pg, files)
+    done = written | "MarkFilesDone" >> MarkFilesDone(pg)
+    if not outputs.keep_source:
+        _ = done | "DeleteSourceObject" >> DeleteSourceObject(files)
 
-    answered = read.rows | "AnswerQuestions" >> AnswerQuestions(make_handler(opts))
-    files = ((answered, read[ROW_ERRORS]) | "AllRowOutcomes" >> beam.Flatten()
-             | "AssemblePerFile" >> AssemblePerFile())
-    written = (files
-               | "WriteAnswersCsv" >> WriteAnswersCsv(opts.answers_prefix, anonymous)
-               | "WriteAnswersPostgres" >> WriteAnswersPostgres(
-                   opts.pg_dsn, opts.model, password_secret=opts.pg_password_secret))
     failures = read[FILE_ERRORS]
-    if not opts.keep_source:
-        _ = written | "DeleteSourceObject" >> DeleteSourceObject(anonymous)
-        failures = failures | "QuarantineFile" >> QuarantineFile(opts.error_prefix, anonymous)
-    recorded = failures | "RecordFileFailures" >> RecordFileFailures(
-        opts.pg_dsn, opts.model, password_secret=opts.pg_password_secret)
-    if not opts.keep_source:
-        _ = recorded | "DeleteFailedSource" >> DeleteFailedSource(anonymous)
+    if not outputs.keep_source:
+        failures = failures | "QuarantineFile" >> QuarantineFile(outputs.error_prefix, files)
+    recorded = failures | "RecordFileFailures" >> RecordFileFailures(pg)
+    if not outputs.keep_source:
+        _ = recorded | "DeleteFailedSource" >> DeleteFailedSource(files)
 
 
 def parse_options(argv: list[str] | None = None) -> QaOptions:
@@ -135,8 +168,14 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     wait = not opts.input_subscription or test_pipeline is None
     # On Dataflow the console shows these figures; the launcher only submits the job.
     local = "Dataflow" not in str(opts.view_as(StandardOptions).runner)
-    with metrics.status_reporting(opts.status_interval_secs if wait and local else 0):
-        result = pipeline.run()
-        if wait:
-            result.wait_until_finish()
+    try:
+        with metrics.status_reporting(opts.status_interval_secs if wait and local else 0,
+                                      bounded=not opts.input_subscription):
+            result = pipeline.run()
+            if wait:
+                result.wait_until_finish()
+    finally:
+        if local and wait:
+            # A local run executed the DoFns in this process: give its pools back.
+            clients.close_all()
     return result

@@ -1,75 +1,140 @@
-"""The records that flow between the pipeline's stages."""
+"""The records that flow between the pipeline's stages.
+
+They are ``NamedTuple``s of plain fields so that the pipeline can give the ones that cross a
+shuffle (``FileEvent``, ``Chunk``) Beam's schema-based ``RowCoder`` (see
+``beam_qa.pipeline.register_coders``): their encoding then depends on field names and types,
+not on a pickled class layout, which is what lets a running job be ``--update``d. This module
+imports nothing from Beam (the upload service imports the CSV rules that use it).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
 
-from beam_qa.events import FileEvent
 
-
-@dataclasses.dataclass(frozen=True)
-class FileManifest:
-    """What ReadCsvRows learned about one file version.
+class FileEvent(NamedTuple):
+    """One version of one uploaded file, and what made the pipeline look at it.
 
     Attributes:
-        event: the file version.
-        header: the header cells as written in the file (order kept).
-        row_count: number of data rows; AssemblePerFile waits for exactly this many.
+        uri: ``gs://bucket/name`` or an absolute local path.
+        generation: GCS object generation; for local files the mtime in nanoseconds.
+        size: size in bytes as reported by the event or the file system (-1 if unknown).
+        root: where relative output locations are resolved: ``gs://bucket/`` for objects,
+            the input directory for local files.
+        relative_name: the name below the incoming prefix (or input directory), used to
+            derive the answers and error locations.
+        event_time: seconds since the epoch when the upload was finalized.
+        trigger: what made this event, stable across retries of the bundle that handles it
+            (``pubsub:<message id>``, ``sweep:<tick>``, ``match:<run id>``): it is the claim
+            token, so a retried bundle recognises its own claim (see ``ClaimFiles``).
     """
 
+    uri: str
+    generation: int
+    size: int
+    root: str
+    relative_name: str
+    event_time: float
+    trigger: str = ""
+
+    @property
+    def key(self) -> str:
+        """The identity of this file version: every side effect is keyed by it."""
+        return f"{self.uri}#{self.generation}"
+
+    @property
+    def is_gcs(self) -> bool:
+        return self.uri.startswith("gs://")
+
+
+class Claim(NamedTuple):
+    """A file version this pipeline now holds the lease of, as attempt number ``attempt``."""
+
     event: FileEvent
-    header: tuple[str, ...]
+    attempt: int
+
+
+class ChunkRow(NamedTuple):
+    """One data row as it travels to the model and to qa_answers.
+
+    ``others`` holds the row's cells except its question and context, in column order: they
+    are stored with the answer (``qa_answers.other_cells``) so that the answers CSV can repeat
+    every input column without the source object, which a re-upload may already have replaced.
+    """
+
+    row_index: int
+    question: str
+    context: str
+    row_id: Optional[str]
+    error: str  # why the row is not sent to the model ("" when it is)
+    others: Sequence[str] = ()
+
+
+class Chunk(NamedTuple):
+    """Consecutive rows of one attempt at one file version: the unit spread over workers."""
+
+    event: FileEvent
+    attempt: int
+    index: int
+    rows: Sequence[ChunkRow]
+
+    @property
+    def first_row(self) -> int:
+        return self.rows[0].row_index
+
+
+def rebuild_chunk(value) -> Chunk:
+    """A ``Chunk`` again, from what a schema coder decoded.
+
+    In a fresh worker process Beam decodes a schema'd element into a NamedTuple class it
+    generates from the schema, without this module's properties; rebuilding is cheap.
+    """
+    return Chunk(event=FileEvent(*value.event), attempt=value.attempt, index=value.index,
+                 rows=tuple(ChunkRow(*row[:5], others=tuple(row.others)) for row in value.rows))
+
+
+class RowOutcome(NamedTuple):
+    """A row with its answer, or with the reason it has none, ready for qa_answers."""
+
+    event: FileEvent
+    attempt: int
+    chunk: int
+    chunk_first_row: int
+    chunk_rows: int
+    row: ChunkRow
+    answer: Optional[str] = None
+    score: Optional[float] = None
+    start: Optional[int] = None
+    end: Optional[int] = None
+    error: str = ""
+    model: str = ""
+
+
+class CompletedFile(NamedTuple):
+    """Every row of ``attempt`` at ``event`` is committed to qa_answers."""
+
+    event: FileEvent
+    attempt: int
     row_count: int
 
 
-@dataclasses.dataclass(frozen=True)
-class QaRow:
-    """One data row of a file, answered or not.
+class AnsweredFile(NamedTuple):
+    """A file whose answers CSV is written (``output_uri``), ready to be marked done."""
 
-    Attributes:
-        manifest: the file it belongs to.
-        row_index: 0-based position among the file's data rows.
-        values: the row's cells, aligned with ``manifest.header``.
-        question: the question cell.
-        context: the context cell.
-        row_id: the optional ``id`` cell, or None.
-        error: why the row is not sent to the model (empty string when it is).
-    """
-
-    manifest: FileManifest
-    row_index: int
-    values: tuple[str, ...]
-    question: str
-    context: str
-    row_id: str | None
-    error: str = ""
+    event: FileEvent
+    attempt: int
+    row_count: int
+    error_count: int
+    output_uri: str
+    models: str
 
 
-@dataclasses.dataclass(frozen=True)
-class RowAnswer:
-    """A row with its answer, or with the reason it has none."""
-
-    row: QaRow
-    answer: str | None = None
-    score: float | None = None
-    start: int | None = None
-    end: int | None = None
-    error: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class FileAnswers:
-    """All rows of one file version, in original order, ready for the sinks."""
-
-    manifest: FileManifest
-    answers: tuple[RowAnswer, ...]
-    output_uri: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class FileFailure:
+class FileFailure(NamedTuple):
     """A file that cannot be processed, with a reason a user can act on."""
 
     event: FileEvent
+    attempt: int
+    kind: str
     reason: str
     error_uri: str = ""

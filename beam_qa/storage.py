@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 
 from beam_qa.events import split_gcs_uri
@@ -43,10 +44,15 @@ def make_gcs_client(anonymous: bool | None = None):
 
 
 class LazyGcsClient:
-    """Holds a google-cloud-storage client created on first use (never at import or pickling)."""
+    """Holds a google-cloud-storage client created on first use (never at import or pickling).
+
+    One client serves every thread of the process: the library documents that, because it uses
+    ``requests``, "it is safe to share instances across threads" (google-cloud-storage docs, index).
+    """
 
     def __init__(self, client=None):
         self._client = client
+        self._lock = threading.Lock()
 
     def _make_client(self):
         raise NotImplementedError
@@ -54,7 +60,9 @@ class LazyGcsClient:
     @property
     def client(self):
         if self._client is None:
-            self._client = self._make_client()
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
         return self._client
 
     def close(self) -> None:

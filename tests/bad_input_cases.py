@@ -17,6 +17,8 @@ from collections.abc import Callable
 BIG_ROWS = 100_000
 MAX_ROWS = 10_000
 MEGABYTE = 1_000_000
+# The pipeline's default --max_context_chars: the 1 MB cell is over it, the 60,000-character one under.
+MAX_CONTEXT_CHARS = 100_000
 
 # What qa_files.error starts with (or contains) for each file error kind.
 REASONS = {
@@ -145,6 +147,16 @@ def _context_1mb() -> bytes:
                                                 ["small", "Where is the tower?", PARIS]])
 
 
+def context_60k() -> str:
+    """A context of about 60,000 characters (some 60 windows): long, but under the limit."""
+    base = (NORMANS + " " + PARIS + " ")
+    return base * (60_000 // len(base)) + "The answer is at the very end."
+
+
+def _context_60k() -> bytes:
+    return _csv(["id", "question", "context"], [["long", "Where is the answer?", context_60k()]])
+
+
 def _big_rows() -> bytes:
     rows = ((f"r{i}", f"Question {i}?", f"Context number {i} of a very long file.") for i in range(BIG_ROWS))
     return _csv(["id", "question", "context"], rows, lineterminator="\n")
@@ -198,7 +210,11 @@ CASES: tuple[Case, ...] = (
     Case("binary_xlsx_renamed", _xlsx, kind="binary"),
     Case("nul_bytes", _const(b"question,context\r\nWhere?,Par\x00is\r\n"), kind="binary", reason="offset 28"),
     Case("context_1mb", _context_1mb, header=("id", "question", "context"),
-         rows=(("big", "Where is the answer?", "<context_1mb>"), ("small", "Where is the tower?", PARIS))),
+         rows=(("big", "Where is the answer?", "<context_1mb>"), ("small", "Where is the tower?", PARIS)),
+         errors=(f"context has {len(context_1mb())} characters, over the limit of {MAX_CONTEXT_CHARS} "
+                 "(--max_context_chars); split it into several rows", "")),
+    Case("context_60k", _context_60k, header=("id", "question", "context"),
+         rows=(("long", "Where is the answer?", "<context_60k>"),)),
     Case("rows_100k", _big_rows, kind="too_many_rows"),
     Case("emoji_cjk", _const(_csv(_UNICODE_HEADER, _UNICODE_ROWS)), header=_UNICODE_HEADER, rows=_UNICODE_ROWS),
     Case("formula_injection", _const(_csv(_FORMULA_HEADER, _FORMULA_ROWS)), header=_FORMULA_HEADER,
@@ -210,7 +226,8 @@ BY_NAME = {case.name: case for case in CASES}
 
 def expected_values(row: tuple[str, ...]) -> tuple[str, ...]:
     """Expands placeholders for cells too large to spell out in the table."""
-    return tuple(context_1mb() if cell == "<context_1mb>" else cell for cell in row)
+    placeholders = {"<context_1mb>": context_1mb, "<context_60k>": context_60k}
+    return tuple(placeholders[cell]() if cell in placeholders else cell for cell in row)
 
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,9 +30,66 @@ CPU_TOKENS_PER_FORWARD = 1024
 GPU_TOKENS_PER_FORWARD = 65536
 
 
+# A batch that still hits a resource error when cut down to one row is retried this many
+# times (with a pause) before the error fails the bundle.
+TRANSIENT_ATTEMPTS_PER_ROW = 3
+
+
 def default_tokens_per_forward(device: str) -> int:
     """The micro-batch budget for a resolved device (``cpu``, ``cuda`` or ``cuda:N``)."""
     return GPU_TOKENS_PER_FORWARD if str(device).startswith("cuda") else CPU_TOKENS_PER_FORWARD
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class TransientInferenceError(RuntimeError):
+    """A resource error (out of memory, ...) that in-process retries did not cure.
+
+    It escapes RunInference and fails the bundle, so that the runner retries the bundle
+    (Dataflow, later and perhaps elsewhere) instead of turning a passing shortage into row errors.
+    """
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an exception from the model says "not now" rather than "never for this row"."""
+    if isinstance(exc, (MemoryError, TransientInferenceError)):
+        return True
+    try:
+        import torch
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        marker in message for marker in ("out of memory", "can't allocate memory", "cannot allocate memory",
+                                         "cuda error", "cublas_status_alloc_failed"))
+
+
+class _ForwardSlots:
+    """Limits the model calls that run at once in this process to ``CPUs / threads per call``.
+
+    A worker process runs one model call per concurrent bundle; with ``threads`` intra-op
+    threads each, more than ``CPUs / threads`` of them at once would oversubscribe the cores.
+    """
+
+    _lock = threading.Lock()
+    _slots: threading.BoundedSemaphore | None = None
+    _size = 0
+
+    @classmethod
+    def get(cls, threads: int) -> threading.BoundedSemaphore:
+        size = max(1, usable_cpus() // threads) if threads > 0 else 1
+        with cls._lock:
+            if cls._slots is None or cls._size != size:
+                cls._slots, cls._size = threading.BoundedSemaphore(size), size
+            return cls._slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +134,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         max_batch_size: int = 32,
         max_batch_duration_secs: float | None = None,
         tokens_per_forward: int | None = None,
+        inference_threads: int = 0,
     ):
         super().__init__()
         self._model_name = model
@@ -82,6 +144,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
         self._tokens_per_forward = tokens_per_forward
+        self._inference_threads = inference_threads
         self._unreported_loads = 0
         self._batch_kwargs: dict[str, Any] = {
             "min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
@@ -90,6 +153,14 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
 
     def load_model(self) -> LoadedModel:
         before = load_count()
+        if self._inference_threads > 0:
+            import torch
+            if torch.get_num_threads() != self._inference_threads:
+                # Process-wide: every model call of this worker process shares the CPUs (_ForwardSlots).
+                torch.set_num_threads(self._inference_threads)
+                _LOGGER.info("beam_qa model calls use %d intra-op threads, at most %d at once in pid %d",
+                             self._inference_threads, max(1, usable_cpus() // self._inference_threads),
+                             os.getpid())
         model = load_model(self._model_name, self._device, self._quantize)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
@@ -111,10 +182,57 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         model: LoadedModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Answers a batch; returns exactly one PredictionResult per example, in order."""
+        """Answers a batch; returns exactly one PredictionResult per example, in order.
+
+        Failures are isolated here rather than by RunInference's exception handling, which
+        works per batch: it would turn a passing out-of-memory into row errors for a whole
+        batch, and one bad row into errors for all its batch-mates. A resource error is
+        retried with the batch cut in halves (down to single rows, a few times each) and then
+        raised as ``TransientInferenceError`` to fail the bundle; any other error is narrowed
+        down by halving to the rows that cause it, which become row errors.
+        """
         if self._unreported_loads:
-            metrics.counter("model_loads").inc(self._unreported_loads)
+            metrics.MODEL_LOADS.inc(self._unreported_loads)
             self._unreported_loads = 0
+        predictions = self._answer_isolating(list(batch), model)
+        return [PredictionResult(example, prediction, model.name) for example, prediction in zip(batch, predictions)]
+
+    def _answer_isolating(self, batch: list[QaExample], model: LoadedModel) -> list[QaPrediction]:
+        try:
+            return self._answer(batch, model)
+        except Exception as exc:  # pylint: disable=broad-except
+            if is_transient(exc):
+                return self._retry_transient(batch, model, exc)
+            if len(batch) == 1:
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                _LOGGER.warning("the model failed on one row: %s: %s", type(exc).__name__, first_line)
+                return [QaPrediction(span=None, error=f"model failed on this row: {type(exc).__name__}: {first_line}")]
+            middle = len(batch) // 2
+            return self._answer_isolating(batch[:middle], model) + self._answer_isolating(batch[middle:], model)
+
+    def _retry_transient(self, batch: list[QaExample], model: LoadedModel, exc: BaseException) -> list[QaPrediction]:
+        metrics.INFERENCE_RETRIES.inc()
+        _LOGGER.warning("resource error on a batch of %d rows (%s: %s); retrying with smaller batches",
+                        len(batch), type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        _free_memory(model)
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            return self._answer_isolating(batch[:middle], model) + self._answer_isolating(batch[middle:], model)
+        for attempt in range(1, TRANSIENT_ATTEMPTS_PER_ROW + 1):
+            time.sleep(0.5 * 2 ** (attempt - 1))
+            try:
+                return self._answer(batch, model)
+            except Exception as again:  # pylint: disable=broad-except
+                if not is_transient(again):
+                    return self._answer_isolating(batch, model)
+                metrics.INFERENCE_RETRIES.inc()
+                exc = again
+                _free_memory(model)
+        raise TransientInferenceError(
+            f"resource error persisted through {TRANSIENT_ATTEMPTS_PER_ROW} retries of one row: "
+            f"{type(exc).__name__}: {exc}") from exc
+
+    def _answer(self, batch: Sequence[QaExample], model: LoadedModel) -> list[QaPrediction]:
         windows, errors = self._tokenize(batch, model.tokenizer)
         decoded: list[list[tuple[_Window, tuple]]] = [[] for _ in batch]
         for chunk, (starts, ends) in self._forward(windows, model):
@@ -123,21 +241,20 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 decoded[window.example].append((window, decode.window_candidates(
                     start_logits[:length], end_logits[:length], window.p_mask,
                     max_answer_len=self._max_answer_len)))
-        results = []
-        for index, (question, context) in enumerate(batch):
+        predictions = []
+        for index, (_, context) in enumerate(batch):
             if errors.get(index):
-                prediction = QaPrediction(span=None, error=errors[index])
-            else:
-                # Back to window order: equal answers from several windows merge into the
-                # first one's offsets, as in the reference, so the order matters.
-                in_order = sorted(decoded[index], key=lambda item: item[0].order)
-                encodings = [window.encoding for window, _ in in_order]
-                span = decode.best_answer(
-                    context, [candidates for _, candidates in in_order],
-                    lambda w, s, e, encodings=encodings: decode.word_aligned_span(encodings[w], s, e))
-                prediction = QaPrediction(span=span, error="" if span else "no answer span found")
-            results.append(PredictionResult((question, context), prediction, self._model_name))
-        return results
+                predictions.append(QaPrediction(span=None, error=errors[index]))
+                continue
+            # Back to window order: equal answers from several windows merge into the
+            # first one's offsets, as in the reference, so the order matters.
+            in_order = sorted(decoded[index], key=lambda item: item[0].order)
+            encodings = [window.encoding for window, _ in in_order]
+            span = decode.best_answer(
+                context, [candidates for _, candidates in in_order],
+                lambda w, s, e, encodings=encodings: decode.word_aligned_span(encodings[w], s, e))
+            predictions.append(QaPrediction(span=span, error="" if span else "no answer span found"))
+        return predictions
 
     def _tokenize(self, batch: Sequence[QaExample], tokenizer) -> tuple[list[_Window], dict[int, str]]:
         kwargs = dict(truncation="only_second", max_length=self._max_seq_len, stride=self._doc_stride,
@@ -202,6 +319,14 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 types[row, :window.length] = window.encoding.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             inputs = {name: torch.from_numpy(arrays[name]).to(model.device) for name in input_names}
-            with torch.inference_mode():
+            with _ForwardSlots.get(self._inference_threads), torch.inference_mode():
                 output = model.model(**inputs)
             yield chunk, (output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy())
+
+
+def _free_memory(model: LoadedModel) -> None:
+    """Gives cached memory back before a retry (the CUDA caching allocator keeps freed blocks)."""
+    gc.collect()
+    if str(model.device).startswith("cuda"):
+        import torch
+        torch.cuda.empty_cache()

@@ -1,14 +1,17 @@
-"""The answers CSV written for each source file."""
+"""The answers CSV written for each source file version."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Sequence
 
-from beam_qa.records import FileAnswers
+from beam_qa.csv_rows import question_and_context_at, row_values
+from beam_qa.events import ANSWERS_SUFFIX
 
-ANSWER_COLUMNS = ("answer", "score", "answer_start", "answer_end", "error")
-ANSWERS_SUFFIX = ".answers.csv"
+ANSWER_COLUMNS = ("answer", "score", "answer_start", "answer_end", "error", "model")
+
+__all__ = ["ANSWERS_SUFFIX", "ANSWER_COLUMNS", "neutralise_formula", "render_answers_csv"]
 
 # A cell starting with one of these is a formula in Excel, LibreOffice and Google Sheets.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -19,18 +22,27 @@ def neutralise_formula(cell: str) -> str:
     return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
 
 
-def render_answers_csv(result: FileAnswers) -> str:
-    """The input columns plus answer, score, answer_start, answer_end and error, in row order."""
+def render_answers_csv(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """The input columns plus answer, score, answer_start, answer_end, error and model, in row order.
+
+    Args:
+        header: the input file's header cells.
+        rows: as stored in qa_answers, in row order: ``(row_index, question, context, other_cells,
+            answer, score, start, end, error, model)``.
+    """
+    q_at, c_at = question_and_context_at(header)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow([neutralise_formula(h) for h in result.manifest.header] + list(ANSWER_COLUMNS))
-    for item in result.answers:
+    writer.writerow([neutralise_formula(h) for h in header] + list(ANSWER_COLUMNS))
+    for _, question, context, others, answer, score, start, end, error, model in rows:
+        values = row_values(len(header), q_at, c_at, question, context, others or ())
         extra = [
-            item.answer if item.answer is not None else "",
-            f"{item.score:.6g}" if item.score is not None else "",
-            "" if item.start is None else item.start,
-            "" if item.end is None else item.end,
-            item.error,
+            answer if answer is not None else "",
+            f"{score:.6g}" if score is not None else "",
+            "" if start is None else start,
+            "" if end is None else end,
+            error or "",
+            model or "",
         ]
-        writer.writerow([neutralise_formula(str(v)) for v in (*item.row.values, *extra)])
+        writer.writerow([neutralise_formula(str(v)) for v in (*values, *extra)])
     return buffer.getvalue()

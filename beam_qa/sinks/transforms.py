@@ -1,161 +1,201 @@
-"""The sink stages: answers CSV, PostgreSQL, and file status records."""
+"""The sink stages: rows to PostgreSQL as they are answered, then per file the CSV and the final records.
+
+Per file version the steps are chained, each passing the file on only after its side effect
+is durable: ``WriteAnswersPostgres`` commits rows (every input cell and the answer) chunk by
+chunk and hands a file on once the commit that completes its current attempt is in;
+``WriteAnswersCsv`` renders the answers CSV from those rows; ``MarkFilesDone``
+records ``done``; only then does ``DeleteSourceObject`` run. The chain replaces a per-file
+stateful join: PostgreSQL's row lock on the file decides completion exactly once, whatever
+the parallelism, and a bounded run finishes each file as soon as its last chunk is answered.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
 import apache_beam as beam
+from apache_beam.transforms import window
 
 from beam_qa import metrics
-from beam_qa.events import derived_location
-from beam_qa.records import FileAnswers, FileFailure, FileManifest
-from beam_qa.sinks.gcs_csv import ANSWERS_SUFFIX, render_answers_csv
-from beam_qa.sinks.postgres import PostgresWriter
-from beam_qa.storage import Storage
+from beam_qa.clients import WorkerDoFn
+from beam_qa.events import answers_location
+from beam_qa.records import AnsweredFile, CompletedFile, FileFailure, RowOutcome
+from beam_qa.settings import PostgresSettings, StorageSettings
+from beam_qa.sinks.gcs_csv import render_answers_csv
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class _WriteCsvFn(beam.DoFn):
-    def __init__(self, answers_prefix: str, anonymous: bool, attempts: int = 5):
+class _CommitRowsFn(WorkerDoFn):
+    """Buffers a bundle's row outcomes and commits each chunk as soon as all its rows are here.
+
+    Committing per complete chunk (not per bundle) matters in bounded mode, where one bundle
+    can hold a whole stage's input: files finish as they are answered, not at the end. What
+    is left at the end of the bundle (a chunk split by stateful batching) is committed then;
+    the chunk's bitmap in qa_chunks joins the parts.
+    """
+
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(pg=pg)
+        self._buffer: dict[tuple, list[RowOutcome]] = {}
+
+    def start_bundle(self):
+        self._buffer = {}
+
+    def process(self, outcome: RowOutcome):
+        key = (outcome.event.uri, outcome.event.generation, outcome.attempt, outcome.chunk)
+        rows = self._buffer.setdefault(key, [])
+        rows.append(outcome)
+        if len(rows) >= outcome.chunk_rows:
+            yield from self._commit(self._buffer.pop(key))
+
+    def finish_bundle(self):
+        leftovers = [row for rows in self._buffer.values() for row in rows]
+        self._buffer = {}
+        if leftovers:
+            for completed in self._commit(leftovers):
+                yield window.GlobalWindows.windowed_value(completed)
+
+    def _commit(self, rows: list[RowOutcome]):
+        # A database that stays unreachable past the retry budget fails the bundle, so that
+        # the runner retries it: the rows are not lost, and nothing downstream ran.
+        result = self.pg.commit_rows(rows)
+        metrics.ROWS_COMMITTED.inc(result.committed)
+        if result.stale:
+            metrics.ROWS_STALE.inc(result.stale)
+            _LOGGER.info("dropped %d rows of a superseded or finished attempt", result.stale)
+        for completed in result.completed:
+            metrics.FILES_COMPLETED.inc()
+            yield completed
+
+
+class WriteAnswersPostgres(beam.PTransform):
+    """Upserts answered rows into qa_answers chunk by chunk; yields each file once all its rows are in.
+
+    Rows of an attempt that is no longer the file's current one are dropped, so two
+    overlapping attempts never mix; the commit that completes the current attempt is the
+    only one that hands the file on (a retried bundle may hand it on again: every later step
+    is idempotent).
+    """
+
+    def __init__(self, pg: PostgresSettings):
+        super().__init__()
+        self._fn = _CommitRowsFn(pg)
+
+    def expand(self, outcomes):
+        return outcomes | "CommitRows" >> beam.ParDo(self._fn)
+
+
+class _WriteCsvFn(WorkerDoFn):
+    def __init__(self, answers_prefix: str, pg: PostgresSettings, files: StorageSettings, attempts: int = 5):
+        super().__init__(pg=pg, files=files)
         self._answers_prefix = answers_prefix
-        self._anonymous = anonymous
         self._attempts = attempts
-        self._storage: Storage | None = None
 
-    def setup(self):
-        self._storage = Storage(anonymous=self._anonymous or None)
+    def process(self, completed: CompletedFile):
+        event, attempt = completed.event, completed.attempt
+        if self.pg.file_state(event) != ("received", attempt):
+            return []  # already finished by a twin of this element, or superseded
+        header, rows = self.pg.stored_file(event)
+        present = {row[0] for row in rows}
+        if not header or len(present) != completed.row_count or present != set(range(completed.row_count)):
+            metrics.SINK_FAILURES_POSTGRES.inc()
+            _LOGGER.error("%s is complete but qa_answers holds %d of its %d rows; source kept",
+                          event.key, len(present), completed.row_count)
+            self.pg.release(event, attempt)
+            return []
+        target = answers_location(event, self._answers_prefix)
+        if not self._write(target, render_answers_csv(header, rows), event.key):
+            self.pg.release(event, attempt)
+            return []
+        errors = sum(1 for row in rows if row[8])
+        models = sorted({row[9] for row in rows if row[9]})
+        return [AnsweredFile(event=event, attempt=attempt, row_count=len(rows), error_count=errors,
+                             output_uri=target, models=", ".join(models))]
 
-    def teardown(self):
-        if self._storage:
-            self._storage.close()
-
-    def process(self, result: FileAnswers):
-        event = result.manifest.event
-        target = derived_location(event, self._answers_prefix, ANSWERS_SUFFIX)
-        text = render_answers_csv(result)
+    def _write(self, target: str, text: str, key: str) -> bool:
         delay = 0.5
         for attempt in range(1, self._attempts + 1):
             try:
                 # One request per attempt: this loop is the retry policy (about 8 s in all), so a
                 # failing bucket does not hold the worker for the client's 120 s per attempt.
-                self._storage.write_text(target, text, client_retries=False)
-                break
+                self.files.write_text(target, text, client_retries=False)
+                return True
             except Exception:  # pylint: disable=broad-except
                 if attempt == self._attempts:
-                    # The source stays under the incoming prefix: nothing is deleted
-                    # without its answers, and a redelivery or the sweeper retries it.
-                    metrics.counter("sink_failures_csv").inc()
-                    _LOGGER.exception("could not write %s for %s; source kept", target, event.key)
-                    return
+                    # The source stays under the incoming prefix and the lease is given back: the
+                    # sweeper starts another attempt. Nothing is deleted without its answers.
+                    metrics.SINK_FAILURES_CSV.inc()
+                    _LOGGER.exception("could not write %s for %s; source kept", target, key)
+                    return False
                 _LOGGER.warning("writing %s failed (attempt %d); retrying in %.1fs", target, attempt, delay)
                 time.sleep(delay)
                 delay *= 2
-        yield dataclasses.replace(result, output_uri=target)
+        return False
 
 
 class WriteAnswersCsv(beam.PTransform):
-    """Writes one answers CSV per file version; passes the file on once it is written."""
+    """Writes one answers CSV per file version: every input column plus the answer columns.
 
-    def __init__(self, answers_prefix: str, anonymous: bool = False):
+    It is rendered from PostgreSQL (the header in qa_files, each row's cells in qa_answers),
+    not from the source object, which a re-upload of the same name may already have replaced.
+    """
+
+    def __init__(self, answers_prefix: str, pg: PostgresSettings, files: StorageSettings):
         super().__init__()
-        self._fn = _WriteCsvFn(answers_prefix, anonymous)
+        self._fn = _WriteCsvFn(answers_prefix, pg, files)
 
-    def expand(self, files):
-        return files | "WriteCsv" >> beam.ParDo(self._fn)
-
-
-class _PostgresFn(beam.DoFn):
-    """Base for DoFns holding a PostgresWriter (pool opened in setup, closed in teardown)."""
-
-    def __init__(self, dsn: str, model: str, retry_secs: float, password_secret: str | None = None):
-        self._dsn = dsn
-        self._model = model
-        self._retry_secs = retry_secs
-        # Only the secret's name is pickled into the graph; the password is read in setup().
-        self._password_secret = password_secret
-        self._writer: PostgresWriter | None = None
-
-    def setup(self):
-        self._writer = PostgresWriter(self._dsn, model=self._model, retry_secs=self._retry_secs,
-                                      password_secret=self._password_secret)
-        self._writer.open()
-
-    def teardown(self):
-        if self._writer:
-            self._writer.close()
+    def expand(self, completed):
+        return completed | "WriteCsv" >> beam.ParDo(self._fn)
 
 
-class _WriteAnswersFn(_PostgresFn):
-    def process(self, result: FileAnswers):
-        import psycopg
-        event = result.manifest.event
-        try:
-            self._writer.write_answers(result)
-        except (psycopg.Error, OSError):
-            metrics.counter("sink_failures_postgres").inc()
-            _LOGGER.exception("could not write answers of %s to PostgreSQL; source kept", event.key)
-            return
-        errors = sum(1 for a in result.answers if a.error)
-        metrics.counter("files_done").inc()
-        metrics.distribution("upload_to_answer_ms").update(int((time.time() - event.event_time) * 1000))
-        _LOGGER.info("done %s: %d rows (%d row errors) -> %s", event.key, len(result.answers), errors,
-                     result.output_uri)
-        yield result
+class _MarkDoneFn(WorkerDoFn):
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(pg=pg)
+
+    def process(self, answered: AnsweredFile):
+        event = answered.event
+        completed_at = self.pg.mark_done(answered)
+        if completed_at is None:
+            return []  # a twin of this element got there first, or a newer attempt replaced this one
+        metrics.FILES_DONE.inc()
+        metrics.ROWS_PER_FILE.update(answered.row_count)
+        metrics.UPLOAD_TO_ANSWER_MS.update(max(int((completed_at - event.event_time) * 1000), 0))
+        _LOGGER.info("done %s: %d rows (%d row errors) -> %s", event.key, answered.row_count,
+                     answered.error_count, answered.output_uri)
+        return [answered]
 
 
-class WriteAnswersPostgres(beam.PTransform):
-    """Upserts a file's answers and marks it done, in one transaction; passes it on after commit."""
+class MarkFilesDone(beam.PTransform):
+    """Marks each answered file version ``done`` (once); passes it on after the commit."""
 
-    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0, password_secret: str | None = None):
+    def __init__(self, pg: PostgresSettings):
         super().__init__()
-        self._fn = _WriteAnswersFn(dsn, model, retry_secs, password_secret)
+        self._fn = _MarkDoneFn(pg)
 
-    def expand(self, files):
-        return files | "UpsertAnswers" >> beam.ParDo(self._fn)
-
-
-class _MarkReceivedFn(_PostgresFn):
-    def process(self, manifest: FileManifest):
-        import psycopg
-        try:
-            self._writer.mark_received(manifest)
-        except (psycopg.Error, OSError):
-            _LOGGER.exception("could not record %s as received", manifest.event.key)
+    def expand(self, answered):
+        return answered | "MarkDone" >> beam.ParDo(self._fn)
 
 
-class RecordFilesReceived(beam.PTransform):
-    """Records each file version as ``received`` in qa_files (never downgrades ``done``)."""
+class _MarkFailedFn(WorkerDoFn):
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(pg=pg)
 
-    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0, password_secret: str | None = None):
-        super().__init__()
-        self._fn = _MarkReceivedFn(dsn, model, retry_secs, password_secret)
-
-    def expand(self, manifests):
-        return manifests | "MarkReceived" >> beam.ParDo(self._fn)
-
-
-class _MarkFailedFn(_PostgresFn):
     def process(self, failure: FileFailure):
-        import psycopg
-        try:
-            self._writer.mark_failed(failure)
-        except (psycopg.Error, OSError):
-            metrics.counter("sink_failures_postgres").inc()
-            _LOGGER.exception("could not record %s as failed; source kept", failure.event.key)
+        if not self.pg.mark_failed(failure):
             return
-        metrics.counter("files_failed").inc()
+        metrics.FILES_FAILED.inc()
+        _LOGGER.info("failed %s: %s", failure.event.key, failure.kind)
         yield failure
 
 
 class RecordFileFailures(beam.PTransform):
     """Marks file versions ``failed`` with their reason; passes them on after commit."""
 
-    def __init__(self, dsn: str, model: str, retry_secs: float = 120.0, password_secret: str | None = None):
+    def __init__(self, pg: PostgresSettings):
         super().__init__()
-        self._fn = _MarkFailedFn(dsn, model, retry_secs, password_secret)
+        self._fn = _MarkFailedFn(pg)
 
     def expand(self, failures):
         return failures | "MarkFailed" >> beam.ParDo(self._fn)

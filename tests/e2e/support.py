@@ -98,6 +98,16 @@ def wait_for_status(stack, uri: str, generation: int, status: str, timeout: floa
                 f"pipeline log tail:\n{(stack.config.run_dir / 'pipeline.log').read_text()[-3000:]}")
 
 
+def answers_name(source_name: str, generation: int) -> str:
+    """The answers CSV of one version: ``answers/<name without .csv>.<generation>.answers.csv``."""
+    return source_name.replace("incoming/", "answers/", 1)[:-len(".csv")] + f".{generation}.answers.csv"
+
+
+def errors_name(source_name: str, generation: int) -> str:
+    """Where a failed version is kept: ``errors/<name without .csv>.<generation>.csv``."""
+    return source_name.replace("incoming/", "errors/", 1)[:-len(".csv")] + f".{generation}.csv"
+
+
 def wait_gone(bucket, name: str, timeout: float = DEADLINE_SECS) -> None:
     deadline = time.monotonic() + timeout
     while bucket.get_blob(name) is not None:

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.conftest import csv_bytes, fresh_database, query, read_csv_text, squad_csv
-from tests.e2e.support import DEADLINE_SECS, publish, running_stack, upload, wait_for_status, wait_gone
+from tests.e2e.support import (
+    DEADLINE_SECS, answers_name, errors_name, publish, running_stack, upload, wait_for_status, wait_gone)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +38,7 @@ def test_three_files_are_answered_within_seconds_and_the_model_loads_once(stack,
         wait_gone(bucket, blob.name)
         assert query(stack.config.pg_dsn, "SELECT count(*), count(answer) FROM qa_answers WHERE source_uri = %s",
                      (uri,)) == [(15, 15)]
-        answers_name = blob.name.replace("incoming/", "answers/").replace(".csv", ".answers.csv")
-        rows = read_csv_text(bucket.blob(answers_name).download_as_text())
+        rows = read_csv_text(bucket.blob(answers_name(blob.name, blob.generation)).download_as_text())
         assert len(rows) == 15 and all(r["context"][int(r["answer_start"]):int(r["answer_end"])] == r["answer"]
                                        for r in rows)
     log = (stack.config.run_dir / "pipeline.log").read_text()
@@ -58,7 +58,7 @@ def test_bad_files_are_handled_and_the_stream_keeps_serving(stack, bucket):
         (error, output_uri), = query(stack.config.pg_dsn, "SELECT error, output_uri FROM qa_files WHERE "
                                      "source_uri = %s", (uri,))
         assert reason in error
-        kept = bucket.blob(blob.name.replace("incoming/", "errors/"))
+        kept = bucket.blob(errors_name(blob.name, blob.generation))
         assert output_uri == f"gs://{bucket.name}/{kept.name}"
         assert kept.exists(), "a failed file must be kept under the error prefix"
 
@@ -89,7 +89,8 @@ def test_a_duplicated_notification_leaves_one_set_of_rows_and_one_csv(stack, buc
     assert query(stack.config.pg_dsn, "SELECT count(*), min(status) FROM qa_files WHERE source_uri = %s",
                  (uri,)) == [(1, "done")]
     answers = [b.name for b in bucket.list_blobs(prefix="answers/dup/")]
-    assert answers == ["answers/dup/twice.answers.csv"]
+    assert answers == [answers_name(blob.name, blob.generation)]
+    assert query(stack.config.pg_dsn, "SELECT attempt FROM qa_files WHERE source_uri = %s", (uri,)) == [(1,)]
 
 
 def test_other_prefixes_suffixes_and_events_are_ignored(stack, bucket):
@@ -111,14 +112,15 @@ def test_bounded_mode_writes_the_same_answers_as_streaming(stack, bucket, tmp_pa
     blob = upload(bucket, "incoming/same/compare.csv", data)
     uri = f"gs://{bucket.name}/{blob.name}"
     wait_for_status(stack, uri, blob.generation, "done")
-    streamed_csv = bucket.blob("answers/same/compare.answers.csv").download_as_text()
+    streamed_csv = bucket.blob(answers_name(blob.name, blob.generation)).download_as_text()
 
     local = tmp_path / "in" / "compare.csv"
     local.parent.mkdir()
     local.write_bytes(data)
+    generation = local.stat().st_mtime_ns
     dsn = fresh_database("beam_qa_e2e_bounded")
     run([f"--input_pattern={local.parent / '*.csv'}", f"--model={tiny_model}", f"--pg_dsn={dsn}"])
-    bounded_csv = (local.parent / "answers" / "compare.answers.csv").read_bytes().decode()
+    bounded_csv = (local.parent / "answers" / f"compare.{generation}.answers.csv").read_bytes().decode()
     assert bounded_csv == streamed_csv
     columns = "row_index, id, question, context, answer, round(score::numeric, 6), answer_start, answer_end, error"
     streamed_rows = query(stack.config.pg_dsn, f"SELECT {columns} FROM qa_answers WHERE source_uri = %s ORDER BY 1",

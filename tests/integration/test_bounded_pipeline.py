@@ -45,18 +45,27 @@ def test_bounded_run_answers_good_files_and_records_bad_ones(tmp_path, write_fil
     assert [(i, e) for i, e, _ in answers] == [(0, None), (1, "empty question"), (2, "empty question"), (3, None)]
     assert answers[0][2] and answers[3][2]
 
-    # Answers CSV in the input directory's answers/ folder; sources gone, bad files moved aside.
-    rows = read_csv_text((tmp_path / "in" / "answers" / "empty_questions.answers.csv").read_text())
+    # Answers CSV in the input directory's answers/ folder, named by generation; sources gone,
+    # bad files moved aside.
+    outputs = dict((uri.rsplit("/", 1)[1], (generation, output)) for uri, generation, output in query(
+        dsn, "SELECT source_uri, source_generation, output_uri FROM qa_files"))
+    generation, output = outputs["empty_questions.csv"]
+    assert output == str(tmp_path / "in" / "answers" / f"empty_questions.{generation}.answers.csv")
+    rows = read_csv_text(open(output, encoding="utf-8").read())
     assert [r["extra"] for r in rows] == ["x", "y", "z", "w"]
     assert [r["error"] for r in rows] == ["", "empty question", "empty question", ""]
     assert all(r["context"][int(r["answer_start"]):int(r["answer_end"])] == r["answer"]
                for r in rows if not r["error"])
     assert not good.exists()
-    assert (tmp_path / "in" / "errors" / "no_context.csv").read_bytes() == b"question,ctx\nq,c\n"
+    generation, kept = outputs["no_context.csv"]
+    assert kept == str(tmp_path / "in" / "errors" / f"no_context.{generation}.csv")
+    assert (tmp_path / "in" / "errors" / f"no_context.{generation}.csv").read_bytes() == b"question,ctx\nq,c\n"
     assert not (tmp_path / "in" / "no_context.csv").exists()
     assert (tmp_path / "in" / "notes.txt").exists()
 
     metrics = counters(result)
+    assert metrics["files_matched"] == 4
+    assert metrics["files_claimed"] == 4
     assert metrics["files_received"] == 2
     assert metrics["files_done"] == 2
     assert metrics["files_failed"] == 2
@@ -68,14 +77,20 @@ def test_bounded_run_answers_good_files_and_records_bad_ones(tmp_path, write_fil
 
 
 def test_rerunning_the_same_files_changes_nothing(tmp_path, write_file, tiny_model, dsn):
-    write_file("a.csv", squad_csv(20, 5))
+    source = write_file("a.csv", squad_csv(20, 5))
     args = [f"--input_pattern={tmp_path / 'in' / '*.csv'}", f"--model={tiny_model}", f"--pg_dsn={dsn}",
             "--keep_source"]
     run(args)
-    first = query(dsn, "SELECT row_index, answer, score, answer_start, answer_end FROM qa_answers ORDER BY 1")
-    csv_first = (tmp_path / "in" / "answers" / "a.answers.csv").read_text()
-    run(args)
-    assert query(dsn, "SELECT row_index, answer, score, answer_start, answer_end FROM qa_answers ORDER BY 1") == first
-    assert query(dsn, "SELECT count(*) FROM qa_files") == [(1,)]
-    assert (tmp_path / "in" / "answers" / "a.answers.csv").read_text() == csv_first
-    assert (tmp_path / "in" / "a.csv").exists()
+    first = query(dsn, "SELECT row_index, answer, score, answer_start, answer_end, processed_at FROM qa_answers "
+                  "ORDER BY 1")
+    answers = tmp_path / "in" / "answers" / f"a.{source.stat().st_mtime_ns}.answers.csv"
+    csv_first, csv_mtime = answers.read_text(), answers.stat().st_mtime_ns
+    result = run(args)
+    # The version is done: the second run claims nothing, so nothing is answered or written again.
+    assert counters(result).get("files_claimed", 0) == 0
+    assert counters(result)["events_ignored_finished"] == 1
+    assert query(dsn, "SELECT row_index, answer, score, answer_start, answer_end, processed_at FROM qa_answers "
+                 "ORDER BY 1") == first
+    assert query(dsn, "SELECT count(*), max(attempt) FROM qa_files") == [(1, 1)]
+    assert answers.read_text() == csv_first and answers.stat().st_mtime_ns == csv_mtime
+    assert source.exists()

@@ -3,20 +3,30 @@
 import csv
 import io
 
-from beam_qa.events import FileEvent
-from beam_qa.records import FileAnswers, FileManifest, QaRow, RowAnswer
+from beam_qa.csv_rows import other_cells, parse_csv
 from beam_qa.sinks.gcs_csv import neutralise_formula, render_answers_csv
 
 
 def test_input_columns_then_answer_columns_in_row_order():
-    event = FileEvent("gs://b/incoming/a.csv", 1, -1, "gs://b/", "a.csv", 0.0)
-    m = FileManifest(event, ("id", "question", "context", "note"), 2)
-    rows = [QaRow(m, i, (f"r{i}", "q", "ctx", "=1+1"), "q", "ctx", f"r{i}") for i in range(2)]
-    result = FileAnswers(m, (RowAnswer(rows[0], "ctx", 0.25, 0, 3), RowAnswer(rows[1], error="empty question")))
-    parsed = list(csv.reader(io.StringIO(render_answers_csv(result))))
-    assert parsed[0] == ["id", "question", "context", "note", "answer", "score", "answer_start", "answer_end", "error"]
-    assert parsed[1] == ["r0", "q", "ctx", "'=1+1", "ctx", "0.25", "0", "3", ""]
-    assert parsed[2] == ["r1", "q", "ctx", "'=1+1", "", "", "", "", "empty question"]
+    parsed = parse_csv(b"id,question,context,note\nr0,q,ctx,=1+1\nr1,,ctx,=1+1\n", max_bytes=1000, max_rows=10)
+    q_at, c_at = parsed.question_at, parsed.context_at
+    stored = [(0, "q", "ctx", list(other_cells(parsed.rows[0].values, q_at, c_at)), "ctx", 0.25, 0, 3, None,
+               "m@1 fp32 cpu"),
+              (1, "", "ctx", list(other_cells(parsed.rows[1].values, q_at, c_at)), None, None, None, None,
+               "empty question", None)]
+    rows = list(csv.reader(io.StringIO(render_answers_csv(parsed.header, stored))))
+    assert rows[0] == ["id", "question", "context", "note", "answer", "score", "answer_start", "answer_end",
+                       "error", "model"]
+    assert rows[1] == ["r0", "q", "ctx", "'=1+1", "ctx", "0.25", "0", "3", "", "m@1 fp32 cpu"]
+    assert rows[2] == ["r1", "", "ctx", "'=1+1", "", "", "", "", "empty question", ""]
+
+
+def test_cells_round_trip_through_other_cells_whatever_the_column_order():
+    parsed = parse_csv(b"context,x,question,y\nc,1,q,2\n", max_bytes=1000, max_rows=10)
+    others = other_cells(parsed.rows[0].values, parsed.question_at, parsed.context_at)
+    assert others == ("1", "2")
+    text = render_answers_csv(parsed.header, [(0, "q", "c", list(others), "c", 0.5, 0, 1, None, "m")])
+    assert list(csv.reader(io.StringIO(text)))[1][:4] == ["c", "1", "q", "2"]
 
 
 def test_formula_prefixes_are_neutralised():

@@ -3,16 +3,12 @@
 import pytest
 
 from beam_qa.csv_rows import FileError, parse_csv
-from beam_qa.events import FileEvent
-from tests.bad_input_cases import BIG_ROWS, CASES, MAX_ROWS, REASONS, expected_values
-
-EVENT = FileEvent(uri="gs://b/incoming/x.csv", generation=1, size=-1, root="gs://b/",
-                  relative_name="x.csv", event_time=0.0)
+from tests.bad_input_cases import BIG_ROWS, CASES, MAX_CONTEXT_CHARS, MAX_ROWS, REASONS, expected_values
 
 
 def parse(data: bytes, **limits):
-    return parse_csv(data, EVENT, max_bytes=limits.get("max_bytes", 10_000_000),
-                     max_rows=limits.get("max_rows", 1000))
+    return parse_csv(data, max_bytes=limits.get("max_bytes", 10_000_000), max_rows=limits.get("max_rows", 1000),
+                     max_context_chars=limits.get("max_context_chars", MAX_CONTEXT_CHARS))
 
 
 def kind_of(data: bytes, **limits) -> str:
@@ -25,7 +21,7 @@ def test_header_is_case_and_space_insensitive_and_other_columns_are_kept():
     parsed = parse(b" ID ,Question , CONTEXT,extra\nr1,What?,Some text,keep me\n")
     row = parsed.rows[0]
     assert (row.question, row.context, row.row_id) == ("What?", "Some text", "r1")
-    assert parsed.manifest.header == (" ID ", "Question ", " CONTEXT", "extra")
+    assert parsed.header == (" ID ", "Question ", " CONTEXT", "extra")
     assert row.values == ("r1", "What?", "Some text", "keep me")
 
 
@@ -40,13 +36,20 @@ def test_empty_question_and_context_are_row_errors_others_answered():
     parsed = parse(b"question,context\nq1,c1\n,c2\n  ,c3\nq4,\n")
     errors = [r.error for r in parsed.rows]
     assert errors == ["", "empty question", "empty question", "empty context"]
-    assert parsed.manifest.row_count == 4
+    assert parsed.row_count == 4
 
 
 def test_blank_lines_are_skipped_and_short_rows_padded():
     parsed = parse(b"question,context,extra\n\nq1,c1\n\n")
-    assert parsed.manifest.row_count == 1
+    assert parsed.row_count == 1
     assert parsed.rows[0].values == ("q1", "c1", "")
+
+
+def test_a_context_over_the_limit_is_a_row_error_and_its_neighbours_are_kept():
+    parsed = parse(b"question,context\nq1," + b"x" * 101 + b"\nq2,short\n", max_context_chars=100)
+    assert parsed.rows[0].error == ("context has 101 characters, over the limit of 100 (--max_context_chars); "
+                                    "split it into several rows")
+    assert parsed.rows[1].error == "" and parsed.row_count == 2
 
 
 def test_extra_fields_are_a_row_error():
@@ -108,8 +111,8 @@ def test_bad_input_catalogue_at_parse_level(case):
         assert REASONS[case.kind] in str(info.value) and case.reason in str(info.value)
         return
     parsed = parse(data, max_rows=MAX_ROWS)
-    assert parsed.manifest.header == case.header
-    assert parsed.manifest.row_count == len(case.rows)
+    assert parsed.header == case.header
+    assert parsed.row_count == len(case.rows)
     assert [r.values for r in parsed.rows] == [expected_values(row) for row in case.rows]
     for row, expected in zip(parsed.rows, case.errors or ("",) * len(case.rows)):
         # Parse-level row errors only; "question too long" is the model handler's.
@@ -120,7 +123,7 @@ def test_the_full_100k_row_file_parses_under_the_default_row_limit():
     """The pipeline runs reject this file cheaply with --max_rows; here every row is parsed."""
     case = next(c for c in CASES if c.name == "rows_100k")
     parsed = parse(case.build(), max_bytes=50 * 1024 * 1024, max_rows=200_000)
-    assert parsed.manifest.row_count == BIG_ROWS == len(parsed.rows)
+    assert parsed.row_count == BIG_ROWS == len(parsed.rows)
     last = parsed.rows[-1]
     n = BIG_ROWS - 1
     assert (last.row_index, last.row_id, last.question) == (n, f"r{n}", f"Question {n}?")

@@ -22,13 +22,13 @@ STREAMING_STEPS = [
     "ReadGcsNotifications",
     "WarmUpTrigger",
     "WarmUpModel",
+    "ClaimFiles",
     "ReadCsvRows",
-    "RecordFilesReceived",
+    "SpreadChunks",
     "AnswerQuestions",
-    "AllRowOutcomes",
-    "AssemblePerFile",
-    "WriteAnswersCsv",
     "WriteAnswersPostgres",
+    "WriteAnswersCsv",
+    "MarkFilesDone",
     "DeleteSourceObject",
     "QuarantineFile",
     "RecordFileFailures",
@@ -37,13 +37,13 @@ STREAMING_STEPS = [
 
 BOUNDED_KEEP_SOURCE_STEPS = [
     "MatchInputFiles",
+    "ClaimFiles",
     "ReadCsvRows",
-    "RecordFilesReceived",
+    "SpreadChunks",
     "AnswerQuestions",
-    "AllRowOutcomes",
-    "AssemblePerFile",
-    "WriteAnswersCsv",
     "WriteAnswersPostgres",
+    "WriteAnswersCsv",
+    "MarkFilesDone",
     "RecordFileFailures",
 ]
 
@@ -120,6 +120,64 @@ def test_bounded_graph_builds_for_dataflow_with_stable_step_names(offline):
     assert json.loads(job.json())["type"] == "JOB_TYPE_BATCH"
     assert top_level_steps(job) == BOUNDED_KEEP_SOURCE_STEPS
     assert_stable_names(all_step_names(job))
+
+
+GROUP_BY_KEY = "beam:transform:group_by_key:v1"
+
+
+def _producers(proto) -> dict[str, str]:
+    """PCollection id -> the id of the leaf transform that produces it."""
+    return {pcoll: tid for tid, t in proto.components.transforms.items() if not t.subtransforms
+            for pcoll in t.outputs.values()}
+
+
+def _upstream_leaves(proto, transform_id: str) -> set[str]:
+    """Every leaf transform the given transform's inputs come from, transitively."""
+    producers, seen, todo = _producers(proto), set(), [transform_id]
+    while todo:
+        for pcoll in proto.components.transforms[todo.pop()].inputs.values():
+            producer = producers.get(pcoll)
+            if producer and producer not in seen:
+                seen.add(producer)
+                todo.append(producer)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["streaming", "bounded"])
+def test_a_files_rows_cross_a_shuffle_between_reading_and_inference(offline, mode):
+    """Fusion is broken after reading: RunInference never runs in the work item that read the file.
+
+    On Dataflow consecutive ParDos are fused into one work item; only a shuffle (GroupByKey)
+    separates them. Every path from the CSV parsing step to the model call must cross one,
+    and it must be SpreadChunks' (the chunks of a file, keyed at random).
+    """
+    args = (["--input_subscription=projects/test-project/subscriptions/qa-uploads-pipeline",
+             "--input_bucket=test-bucket"] if mode == "streaming"
+            else ["--input_pattern=gs://test-bucket/incoming/**.csv"])
+    proto = dry_run(args).proto_pipeline
+    names = {tid: t.unique_name for tid, t in proto.components.transforms.items()}
+
+    def leaf(prefix: str) -> str:
+        (found,) = [tid for tid, t in proto.components.transforms.items()
+                    if t.unique_name.startswith(prefix) and not t.subtransforms]
+        return found
+    inference = leaf("AnswerQuestions/RunInference/BeamML_RunInference")
+    parse = leaf("ReadCsvRows/ParseCsv")
+    upstream = _upstream_leaves(proto, inference)
+    assert parse in upstream
+    shuffles = {tid for tid in upstream if proto.components.transforms[tid].spec.urn == GROUP_BY_KEY}
+    assert shuffles and all(names[tid].startswith("SpreadChunks/") for tid in shuffles
+                            if parse in _upstream_leaves(proto, tid))
+    # Remove the shuffle and the model call is no longer reachable from the parser.
+    producers = _producers(proto)
+    reachable, todo = set(), [inference]
+    while todo:
+        for pcoll in proto.components.transforms[todo.pop()].inputs.values():
+            producer = producers.get(pcoll)
+            if producer and producer not in reachable and producer not in shuffles:
+                reachable.add(producer)
+                todo.append(producer)
+    assert parse not in reachable, "a path from ReadCsvRows to RunInference avoids the shuffle"
 
 
 def test_job_carries_the_secret_name_but_never_a_password(offline):

@@ -9,9 +9,10 @@ import pickle
 import pytest
 from apache_beam.internal import pickler
 
-from beam_qa import secret_manager
+from beam_qa import clients, secret_manager
 from beam_qa.pipeline import parse_options
-from beam_qa.sinks.postgres import PostgresWriter
+from beam_qa.settings import PostgresSettings
+from beam_qa.sinks.postgres import PostgresStore
 from beam_qa.sinks.transforms import WriteAnswersPostgres
 
 SECRET = "projects/p/secrets/pg-password/versions/4"
@@ -29,24 +30,34 @@ def fake_secret(monkeypatch):
     return calls
 
 
-def test_writer_fetches_the_password_when_it_connects(fake_secret):
-    writer = PostgresWriter("host=db dbname=beam_qa user=beam_qa", model="m", password_secret=SECRET)
-    assert fake_secret == []  # nothing read when constructed
-    assert writer.connection_kwargs() == {"connect_timeout": 5, "password": PASSWORD}
+@pytest.fixture
+def no_connection(monkeypatch):
+    """The store's pool is never opened: these tests only look at what it would connect with."""
+    monkeypatch.setattr(PostgresStore, "open", lambda self: None)
+    yield
+    clients.close_all()
+
+
+def test_the_worker_fetches_the_password_when_it_opens_its_pool(fake_secret, no_connection):
+    settings = PostgresSettings("host=db dbname=beam_qa user=beam_qa", password_secret=SECRET)
+    assert fake_secret == []  # nothing read when the settings are built
+    store = clients.postgres(settings)
+    assert store._connect_kwargs == {"password": PASSWORD}  # pylint: disable=protected-access
+    assert clients.postgres(settings) is store  # one store (and one read) per process
     assert fake_secret == [SECRET]
 
 
-def test_writer_without_a_secret_adds_no_password(fake_secret):
-    writer = PostgresWriter("host=db dbname=beam_qa user=beam_qa", model="m")
-    assert writer.connection_kwargs() == {"connect_timeout": 5}
+def test_a_store_without_a_secret_adds_no_password(fake_secret, no_connection):
+    store = clients.postgres(PostgresSettings("host=db dbname=beam_qa user=beam_qa"))
+    assert store._connect_kwargs == {}  # pylint: disable=protected-access
     assert fake_secret == []
 
 
 def test_the_sink_pickles_the_secret_name_not_the_password(fake_secret):
-    transform = WriteAnswersPostgres("host=db dbname=beam_qa user=beam_qa", "m", password_secret=SECRET)
+    transform = WriteAnswersPostgres(PostgresSettings("host=db dbname=beam_qa user=beam_qa", password_secret=SECRET))
     blob = pickler.dumps(transform._fn)  # pylint: disable=protected-access
     restored = pickler.loads(blob)
-    assert restored._password_secret == SECRET  # pylint: disable=protected-access
+    assert restored._pg_settings.password_secret == SECRET  # pylint: disable=protected-access
     assert PASSWORD.encode() not in pickle.dumps(transform._fn)  # pylint: disable=protected-access
     assert fake_secret == []
 

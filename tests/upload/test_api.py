@@ -207,31 +207,40 @@ def test_unknown_and_malformed_ids(make_client):
 
 
 def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload_db):
-    """Writes qa_files/qa_answers with the pipeline's own SQL and reads them back through the API."""
-    import psycopg
-    from beam_qa.sinks.postgres import MARK_DONE, MARK_FAILED, MARK_RECEIVED, UPSERT_ANSWER
+    """Writes qa_files/qa_answers with the pipeline's own store and reads them back through the API."""
+    from beam_qa import clients
+    from beam_qa.records import AnsweredFile, ChunkRow, FileEvent, FileFailure, RowOutcome
+    from beam_qa.settings import PostgresSettings
     from upload_service.services.gcs import make_client as gcs_client
 
     client = make_client()
     accepted = post(client, "paris.csv", GOOD).json()
     upload_id, uri, generation = accepted["upload_id"], accepted["object"], accepted["generation"]
-    with psycopg.connect(upload_db) as conn:
-        conn.execute(MARK_RECEIVED, (uri, generation, 2, "tiny"))
-    status = client.get(f"/uploads/{upload_id}").json()
-    assert (status["status"], status["row_count"], status["answered_count"]) == ("received", 2, 0)
+    bucket_root = f"gs://{client.settings.bucket}/"
+    event = FileEvent(uri, generation, accepted["size"], bucket_root, uri[len(bucket_root):], 0.0, "test")
+    store = clients.postgres(PostgresSettings(upload_db, retry_secs=10))
+    try:
+        attempt = store.claim(event)
+        assert store.record_manifest(event, attempt, ["id", "question", "context"], 2, 1)
+        status = client.get(f"/uploads/{upload_id}").json()
+        assert (status["status"], status["row_count"], status["answered_count"]) == ("received", 2, 0)
 
-    answers_uri = f"gs://{client.settings.bucket}/answers/{upload_id}/paris.answers.csv"
-    answers_csv = "id,question,context,answer,score,answer_start,answer_end,error\r\n" \
-                  "1,Where is the tower?,The tower is in Paris.,Paris,0.9,16,21,\r\n" \
-                  "2,Who built it?,Gustave Eiffel's company built it.,,,,,no answer span found\r\n"
-    gcs_client(client.settings.gcs_url).bucket(client.settings.bucket).blob(
-        f"answers/{upload_id}/paris.answers.csv").upload_from_string(answers_csv)
-    with psycopg.connect(upload_db) as conn:
-        conn.cursor().executemany(UPSERT_ANSWER, [
-            (uri, generation, 0, "1", "Where is the tower?", "The tower is in Paris.", "Paris", 0.9, 16, 21, None, "t"),
-            (uri, generation, 1, "2", "Who built it?", "Gustave Eiffel's company built it.", None, None, None, None,
-             "no answer span found", "t")])
-        conn.execute(MARK_DONE, (uri, generation, 2, answers_uri, "tiny"))
+        answers_uri = f"gs://{client.settings.bucket}/answers/{upload_id}/paris.answers.csv"
+        answers_csv = "id,question,context,answer,score,answer_start,answer_end,error\r\n" \
+                      "1,Where is the tower?,The tower is in Paris.,Paris,0.9,16,21,\r\n" \
+                      "2,Who built it?,Gustave Eiffel's company built it.,,,,,no answer span found\r\n"
+        gcs_client(client.settings.gcs_url).bucket(client.settings.bucket).blob(
+            f"answers/{upload_id}/paris.answers.csv").upload_from_string(answers_csv)
+        rows = [RowOutcome(event, attempt, 0, 0, 2, ChunkRow(0, "Where is the tower?", "The tower is in Paris.", "1",
+                                                             "", ("1",)),
+                           answer="Paris", score=0.9, start=16, end=21, model="t"),
+                RowOutcome(event, attempt, 0, 0, 2, ChunkRow(1, "Who built it?", "Gustave Eiffel's company built it.",
+                                                             "2", "", ("2",)),
+                           error="no answer span found", model="t")]
+        assert store.commit_rows(rows).completed
+        assert store.mark_done(AnsweredFile(event, attempt, 2, 1, answers_uri, "tiny")) is not None
+    finally:
+        clients.close_all()
     status = client.get(f"/uploads/{upload_id}").json()
     assert status["status"] == "done" and status["row_count"] == 2
     assert (status["answered_count"], status["error_count"]) == (1, 1)
@@ -251,8 +260,15 @@ def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload
 
     # A failed file (another upload) reports the pipeline's reason.
     failed = post(client, "bad.csv", GOOD).json()
-    with psycopg.connect(upload_db) as conn:
-        conn.execute(MARK_FAILED, (failed["object"], failed["generation"], "missing column(s) context", None, "t"))
+    failed_event = FileEvent(failed["object"], failed["generation"], failed["size"], bucket_root,
+                             failed["object"][len(bucket_root):], 0.0, "test")
+    store = clients.postgres(PostgresSettings(upload_db, retry_secs=10))
+    try:
+        failed_attempt = store.claim(failed_event)
+        assert store.mark_failed(FileFailure(failed_event, failed_attempt, "missing_columns",
+                                             "missing column(s) context"))
+    finally:
+        clients.close_all()
     body = client.get(f"/uploads/{failed['upload_id']}").json()
     assert (body["status"], body["error"]) == ("failed", "missing column(s) context")
     refused = client.get(f"/uploads/{failed['upload_id']}/answers")

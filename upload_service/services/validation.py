@@ -7,7 +7,6 @@ import io
 from typing import BinaryIO
 
 from beam_qa.csv_rows import REQUIRED_COLUMNS, FileError, decode_csv_bytes, normalise_header, parse_csv
-from beam_qa.events import FileEvent
 from upload_service.core.errors import ApiError
 from upload_service.core.naming import is_csv_name
 
@@ -63,12 +62,11 @@ def validate_csv(data: bytes, filename: str, *, max_bytes: int, max_rows: int) -
     Raises:
         ApiError: 413 for ``too_large``, 422 for every other ``FileError`` kind.
     """
-    event = FileEvent(uri=filename, generation=0, size=len(data), root="", relative_name=filename, event_time=0.0)
     try:
-        parsed = parse_csv(data, event, max_bytes=max_bytes, max_rows=max_rows)
+        parsed = parse_csv(data, max_bytes=max_bytes, max_rows=max_rows)
     except FileError as exc:
         raise _rejection(exc, data, max_bytes=max_bytes, max_rows=max_rows) from exc
-    return parsed.manifest.row_count
+    return parsed.row_count
 
 
 def _rejection(exc: FileError, data: bytes, *, max_bytes: int, max_rows: int) -> ApiError:

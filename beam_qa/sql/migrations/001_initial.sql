@@ -1,6 +1,6 @@
--- beam-qa schema. Created by the pipeline (and the upload service) if missing;
--- every statement is idempotent. Every side effect is keyed by
--- (source_uri, source_generation[, row_index]) so that re-processing changes nothing.
+-- beam-qa schema, version 1: the tables as first released. Applied by beam_qa.sinks.postgres.ensure_schema
+-- (migrations run in order, once, under an advisory lock); every statement is idempotent. Every side
+-- effect is keyed by (source_uri, source_generation[, row_index]) so that re-processing changes nothing.
 
 CREATE TABLE IF NOT EXISTS qa_files (
     source_uri        TEXT        NOT NULL,              -- gs://bucket/incoming/... or a local path

@@ -1,0 +1,65 @@
+"""Error kinds shared by the pipeline, the upload service, the metrics and the docs.
+
+Plain ``str`` enums, so that a kind is stored, logged and compared as its value
+(``"missing_columns"``) and a misspelt kind is an ``AttributeError`` instead of a new
+metric. This module imports nothing from Beam or torch: the upload service uses it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class FileErrorKind(str, enum.Enum):
+    """Why a whole file is rejected (``qa_files.status = 'failed'``; metric ``file_errors_<kind>``)."""
+
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    BINARY = "binary"
+    EMPTY = "empty"
+    DUPLICATE_COLUMNS = "duplicate_columns"
+    MISSING_COLUMNS = "missing_columns"
+    TOO_MANY_ROWS = "too_many_rows"
+    MALFORMED_CSV = "malformed_csv"
+    NO_ROWS = "no_rows"
+    # The source object disappeared (deleted, or replaced by a newer upload) after it was read
+    # and before its answers CSV could be written; the newer upload has its own event.
+    SOURCE_GONE = "source_gone"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RowErrorKind(str, enum.Enum):
+    """Why one row has no answer (its ``error`` column; metric ``row_errors_<kind>``)."""
+
+    EMPTY_QUESTION = "empty_question"
+    EMPTY_CONTEXT = "empty_context"
+    EXTRA_FIELDS = "extra_fields"
+    CONTEXT_TOO_LONG = "context_too_long"
+    QUESTION_TOO_LONG = "question_too_long"
+    MODEL = "model"
+    NO_ANSWER = "no_answer"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The start of each row error message, so that a stored message maps back to its kind.
+_ROW_ERROR_PREFIXES = (
+    ("empty question", RowErrorKind.EMPTY_QUESTION),
+    ("empty context", RowErrorKind.EMPTY_CONTEXT),
+    ("row has ", RowErrorKind.EXTRA_FIELDS),
+    ("context has ", RowErrorKind.CONTEXT_TOO_LONG),
+    ("question too long", RowErrorKind.QUESTION_TOO_LONG),
+    ("model failed", RowErrorKind.MODEL),
+    ("no answer span", RowErrorKind.NO_ANSWER),
+)
+
+
+def row_error_kind(message: str) -> RowErrorKind:
+    """The kind of a row error message (see README "Row errors")."""
+    for prefix, kind in _ROW_ERROR_PREFIXES:
+        if message.startswith(prefix):
+            return kind
+    return RowErrorKind.MODEL
