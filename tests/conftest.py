@@ -20,6 +20,13 @@ def tiny_model(tmp_path_factory) -> str:
     return str(build_model(tmp_path_factory.mktemp("model") / "tiny", "tiny"))
 
 
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory) -> str:
+    """A DistilBERT-base-sized QA model with random weights: real compute, about 10 rows/s on 2 cores."""
+    from beam_qa.dev.tiny_model import build_model
+    return str(build_model(tmp_path_factory.mktemp("model") / "base", "base"))
+
+
 # A word the poisoned model's tokenizer knows but its embeddings do not: any batch holding
 # it makes the real forward pass raise IndexError, like a model/tokenizer mismatch would.
 POISON = "qqboomqq"

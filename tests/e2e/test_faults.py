@@ -8,14 +8,14 @@ proxies owned by the test:
 - ``GcsProxy``, an HTTP proxy in front of fake-gcs-server that answers 503 to uploads of chosen
   answers CSVs while told to, and forwards everything else unchanged.
 
-The pipeline runs with a short sweep (every 5 s, grace 20 s) so that the sweeper's retries happen
-within the test. Deletes and CSV writes are counted from fake-gcs-server's own OBJECT_DELETE and
+The pipeline runs with a short sweep (every 5 s, grace 20 s) and a short lease (10 s) so that the
+sweeper's retries happen within the test. Deletes and CSV writes are counted from fake-gcs-server's own OBJECT_DELETE and
 OBJECT_FINALIZE notifications, read from an extra "audit" subscription on its topic.
 
 The model is the tiny test model with one token, ``qqboomqq``, added to its tokenizer but not to
 its embedding matrix: a row containing it makes the real forward pass of the real handler raise
-``IndexError`` for its batch, the way a model/tokenizer mismatch would in production. No test-only
-code path is needed in the pipeline.
+``IndexError``, the way a model/tokenizer mismatch would in production; the handler narrows the
+failure down to that row. No test-only code path is needed in the pipeline.
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ from beam_qa.dev.stack import Stack, StackConfig
 from tests.conftest import (
     PG_BASE_DSN, POISON, csv_bytes, fresh_database, poisoned_model, query, read_csv_text, squad_csv)
 from tests.e2e.support import (
-    create_subscription, free_port, publish, pull_all, stack_environment, upload, wait_for_status, wait_gone)
+    answers_name, create_subscription, free_port, publish, pull_all, stack_environment, upload, wait_for_status,
+    wait_gone)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SWEEP_INTERVAL_SECS = 5
 SWEEP_GRACE_SECS = 20
+LEASE_SECS = 10
 MAX_BATCH_SIZE = 4
 
 
@@ -262,7 +264,7 @@ def faults(tmp_path_factory, tiny_model):
         config, gcs_url=gcs_proxy.url, model=model,
         pg_dsn=make_conninfo(config.pg_dsn, host="127.0.0.1", port=str(pg_proxy.port)),
         pipeline_args=[f"--sweep_interval_secs={SWEEP_INTERVAL_SECS}", f"--sweep_grace_secs={SWEEP_GRACE_SECS}",
-                       f"--max_batch_size={MAX_BATCH_SIZE}"])
+                       f"--max_batch_size={MAX_BATCH_SIZE}", f"--lease_secs={LEASE_SECS}"])
     services, pipeline = Stack(config), Stack(pipeline_config)
     with stack_environment(config):
         try:
@@ -289,8 +291,8 @@ def _notification(faults: Faults, blob, data: bytes, **extra_attributes) -> tupl
     return attributes, resource
 
 
-def _answers_name(source_name: str) -> str:
-    return source_name.replace("incoming/", "answers/", 1)[:-len(".csv")] + ".answers.csv"
+def _answers_name(blob) -> str:
+    return answers_name(blob.name, blob.generation)
 
 
 def _row_counts(faults: Faults, uri: str, generation: int | None = None) -> tuple[int, int]:
@@ -335,8 +337,9 @@ def test_repeated_and_doubled_notifications_give_one_set_of_rows_one_csv_one_del
         assert _row_counts(faults, uri) == (rows, rows)
         assert query(faults.dsn, "SELECT count(*), min(status) FROM qa_files WHERE source_uri = %s",
                      (uri,)) == [(1, "done")]
-        answers = _answers_name(blob.name)
+        answers = _answers_name(blob)
         assert [b.name for b in faults.bucket.list_blobs(prefix=answers)] == [answers]
+        assert query(faults.dsn, "SELECT attempt FROM qa_files WHERE source_uri = %s", (uri,)) == [(1,)]
         assert len(faults.wait_events("OBJECT_FINALIZE", answers, None, 1)) == 1, "answers CSV written more than once"
         assert len(faults.wait_events("OBJECT_DELETE", blob.name, blob.generation, 1)) == 1
 
@@ -347,7 +350,8 @@ def test_a_reupload_is_its_own_generation_and_the_older_event_never_deletes_it(f
         ["old", "Where is the tower?", "The tower is in Paris."]])
     second_data = squad_csv(610, 4)
     # Hold the first generation between its answers and its delete: its answers CSV fails until the
-    # second generation exists.
+    # second generation exists (its rows, committed as they were answered, carry every cell, so the
+    # CSV needs no source object).
     faults.gcs_proxy.fail_uploads("answers/regen/")
     try:
         first = upload(faults.bucket, name, first_data)
@@ -378,29 +382,31 @@ def test_a_failing_answers_csv_write_is_retried_and_the_source_stays_until_it_su
     faults.gcs_proxy.fail_uploads("answers/gcsfail/")
     try:
         blob = upload(faults.bucket, "incoming/gcsfail/retry.csv", squad_csv(700, 5))
-        uri, answers = faults.uri(blob), _answers_name(blob.name)
+        uri, answers = faults.uri(blob), _answers_name(blob)
         # The sink's own retries (5 attempts with backoff) all fail ...
         _wait_until(lambda: f"could not write gs://{faults.bucket.name}/{answers}" in faults.log(),
                     "the CSV sink did not give up", 60, faults)
         assert faults.gcs_proxy.failure_count() >= 5
-        # ... and the file is neither answered nor deleted: it waits under incoming/.
+        # ... and the file is not done nor deleted: it waits under incoming/, its rows in PostgreSQL
+        # (they are committed as they are answered), its lease given back for the sweeper.
         assert faults.bucket.get_blob(blob.name).generation == blob.generation
-        assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)]
+        assert query(faults.dsn, "SELECT status, lease_until <= now() FROM qa_files WHERE source_uri = %s",
+                     (uri,)) == [("received", True)]
         assert faults.bucket.get_blob(answers) is None
-        assert _row_counts(faults, uri) == (0, 0)
+        assert _row_counts(faults, uri) == (5, 5)
     finally:
         faults.gcs_proxy.heal()
-    # The sweeper finds it unfinished and the dedup lets that retry through (after the grace,
-    # and a sweep may wait behind the DirectRunner's 30 s Pub/Sub pull).
+    # The sweeper finds it unfinished with no live lease and starts attempt 2 (a sweep may wait
+    # behind the DirectRunner's 30 s Pub/Sub pull).
     wait_for_status(faults.services, uri, blob.generation, "done", timeout=120)
     wait_gone(faults.bucket, blob.name)
     assert _row_counts(faults, uri) == (5, 5)
     assert len(read_csv_text(faults.bucket.blob(answers).download_as_text())) == 5
-    assert f"retrying {uri}#{blob.generation}" in faults.log()
+    assert f"retrying {uri}#{blob.generation} as attempt 2" in faults.log()
     assert len(faults.wait_events("OBJECT_DELETE", blob.name, blob.generation, 1)) == 1
 
 
-def test_a_batch_the_model_fails_on_becomes_row_errors_and_the_stream_goes_on(faults):
+def test_a_row_the_model_fails_on_becomes_a_row_error_and_the_stream_goes_on(faults):
     from beam_qa.dev.squad import squad_rows
     rows = [[r["id"], r["question"], r["context"]] for r in squad_rows(812)[800:812]]
     rows[6][2] = f"{POISON} {rows[6][2]}"
@@ -411,12 +417,11 @@ def test_a_batch_the_model_fails_on_becomes_row_errors_and_the_stream_goes_on(fa
     answers = query(faults.dsn, "SELECT row_index, answer, error FROM qa_answers WHERE source_uri = %s "
                     "ORDER BY row_index", (uri,))
     assert [r[0] for r in answers] == list(range(12))
-    failed = [index for index, _, error in answers if error]
-    assert 6 in failed and len(failed) <= MAX_BATCH_SIZE, answers
-    assert all(error.startswith("model failed on this batch:") and "index out of range" in error
-               for _, _, error in answers if error)
+    # Only the row that makes the model fail: its batch-mates are answered.
+    assert [index for index, _, error in answers if error] == [6], answers
+    assert answers[6][2].startswith("model failed on this row:") and "index out of range" in answers[6][2]
     assert all(answer is not None for _, answer, error in answers if not error)
-    assert len(read_csv_text(faults.bucket.blob(_answers_name(blob.name)).download_as_text())) == 12
+    assert len(read_csv_text(faults.bucket.blob(_answers_name(blob)).download_as_text())) == 12
     after = upload(faults.bucket, "incoming/model/after.csv", squad_csv(820, 3))
     wait_for_status(faults.services, faults.uri(after), after.generation, "done", timeout=30)
     assert _row_counts(faults, faults.uri(after)) == (3, 3)
@@ -427,16 +432,18 @@ def test_postgres_unreachable_for_30s_delays_but_loses_nothing(faults):
     rows = 80
     blob = upload(faults.bucket, "incoming/pgdown/during.csv", squad_csv(900, rows))
     uri = faults.uri(blob)
-    # Cut PostgreSQL while the file is between its "received" record and its answers.
+    # Cut PostgreSQL while the file is between its "received" record and its last answers.
     wait_for_status(faults.services, uri, blob.generation, "received", timeout=60)
     faults.pg_proxy.cut()
     try:
         started = time.monotonic()
         assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)], \
             "the file was answered before the cut; make it bigger"
+        at_cut = _row_counts(faults, uri)
+        assert at_cut[0] < rows
         while time.monotonic() - started < outage_secs:
             assert faults.bucket.get_blob(blob.name) is not None, "source deleted while PostgreSQL was unreachable"
-            assert _row_counts(faults, uri) == (0, 0)
+            assert _row_counts(faults, uri) == at_cut  # nothing can be committed
             time.sleep(1)
     finally:
         faults.pg_proxy.restore()
@@ -449,7 +456,7 @@ def test_postgres_unreachable_for_30s_delays_but_loses_nothing(faults):
         time.sleep(0.1)
     assert _row_counts(faults, uri) == (rows, rows), "the source was deleted before its rows were committed"
     wait_for_status(faults.services, uri, blob.generation, "done")
-    assert re.search(r"PostgreSQL unavailable while (writing answers|creating the schema).*retrying in",
+    assert re.search(r"PostgreSQL unavailable while (writing answers|renewing a lease|renewing leases).*retrying in",
                      faults.log())
     # The pipeline keeps serving.
     after = upload(faults.bucket, "incoming/pgdown/after.csv", squad_csv(990, 3))
@@ -467,7 +474,7 @@ def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_whi
     proc.wait()
     assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)], \
         "the file finished before the kill; make it bigger"
-    assert _row_counts(faults, uri) == (0, 0)
+    assert _row_counts(faults, uri)[0] < rows
 
     # Uploaded while the pipeline is down, and its notification lost (the DirectRunner had already
     # acked the big file's on pull; this one is drained here): only the sweeper can find them.
@@ -490,5 +497,9 @@ def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_whi
         assert query(faults.dsn, "SELECT count(*) FROM qa_files WHERE source_uri = %s",
                      (faults.uri(blob),)) == [(1,)]
     restarted_log = faults.log()[log_size:]
-    assert re.search(r"swept gs://qa-faults/incoming/\*\*: 2 unfinished of 2 CSV files older than 20s", restarted_log), restarted_log[-3000:]
-    assert len(read_csv_text(faults.bucket.blob(_answers_name(big.name)).download_as_text())) == rows
+    # The start-up sweep (after the DirectRunner's first 30 s Pub/Sub pull) finds both: the killed
+    # attempt's lease has expired with its process, and nothing ever held the other one.
+    assert re.search(r"swept gs://qa-faults/incoming/\*\*: 2 to start of 2 CSV files older than 20s",
+                     restarted_log), restarted_log[-3000:]
+    assert f"retrying {uri}#{big.generation} as attempt 2" in restarted_log
+    assert len(read_csv_text(faults.bucket.blob(_answers_name(big)).download_as_text())) == rows

@@ -126,3 +126,13 @@ def test_bounded_mode_writes_the_same_answers_as_streaming(stack, bucket, tmp_pa
     streamed_rows = query(stack.config.pg_dsn, f"SELECT {columns} FROM qa_answers WHERE source_uri = %s ORDER BY 1",
                           (uri,))
     assert query(dsn, f"SELECT {columns} FROM qa_answers ORDER BY 1") == streamed_rows
+
+
+def test_a_lone_small_file_is_done_within_two_seconds_of_its_upload(stack, bucket):
+    """On the warm stack (the tests above ran first), chunking and the shuffle add no real latency."""
+    blob = upload(bucket, "incoming/lone/ten.csv", squad_csv(600, 10))
+    uri = f"gs://{bucket.name}/{blob.name}"
+    wait_for_status(stack, uri, blob.generation, "done")
+    (completed_at,), = query(stack.config.pg_dsn, "SELECT completed_at FROM qa_files WHERE source_uri = %s", (uri,))
+    upload_to_done = (completed_at - blob.time_created).total_seconds()
+    assert upload_to_done < 2.0, f"upload to done took {upload_to_done:.2f}s"

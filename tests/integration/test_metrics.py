@@ -1,14 +1,17 @@
-"""Every metric in docs/metrics.md is emitted: read back from bounded runs' PipelineResult.metrics().
+"""Every metric in docs/metrics.md is defined once, and emitted: read back from real bounded runs.
 
-Three bounded runs on the DirectRunner with the real PostgreSQL:
+Bounded runs on the local runner with the real PostgreSQL, whose ``PipelineResult.metrics()``
+are complete:
 
-* a run over good and bad files (every file error kind, every row error kind), with the
-  PostgreSQL password taken from a (fake) Secret Manager reference;
+* a run over good and bad files (every file error kind, every row error kind that input can
+  cause), with the PostgreSQL password taken from a (fake) Secret Manager reference;
 * the notification stage of the streaming source over crafted GCS notifications;
 * a run whose output locations cannot be written (sink and quarantine failures);
-* a run whose model raises on one batch (RunInference's failed-batch counter).
+* a run whose model runs out of memory once and fails on one row (retries, model row errors);
+* a rerun over a finished file and a file another attempt holds (claims that start nothing).
 
-Metrics that need a fault these runs cannot cause on purpose (listed in NOT_INDUCED) are
+Metrics that need a fault these runs cannot cause on purpose (listed in NOT_INDUCED; the
+streaming sweeper's are driven in tests/integration/test_attempts.py and the e2e tests) are
 checked to be emitted by the code, by name.
 """
 
@@ -25,9 +28,13 @@ import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_qa import secret_manager
+from beam_qa import clients, metrics, secret_manager
+from beam_qa.errors import FileErrorKind, RowErrorKind
 from beam_qa.metrics import NAMESPACE
 from beam_qa.pipeline import run
+from beam_qa.records import FileEvent
+from beam_qa.settings import PostgresSettings
+from tests import handlers
 from tests.conftest import POISON, csv_bytes, fresh_database, poisoned_model, query, squad_csv
 
 pytestmark = pytest.mark.integration
@@ -38,26 +45,26 @@ DOC = REPO / "docs" / "metrics.md"
 SECRET = "projects/test-project/secrets/beam-qa-pg-password/versions/7"
 PASSWORD = "pw-9f2c1e-never-log-me"
 
-# Emitted only on faults these runs cannot cause cheaply (storage or database outages, a
-# model that raises) or by the streaming sweeper (issue 5's tests run it); checked by name.
-NOT_INDUCED = {
-    "read_failures": "beam_qa",
-    "events_ignored_gone": "beam_qa",
-    "sink_failures_postgres": "beam_qa",
-    "delete_failures": "beam_qa",
-    "sweeps": "beam_qa",
-    "files_swept": "beam_qa",
-    "files_retried": "beam_qa",
-    "sweep_failures": "beam_qa",
-}
+# Emitted only on faults these runs cannot cause cheaply (storage outages, a source deleted
+# mid-way, overlapping attempts) or by the streaming sweeper; checked in the code by name.
+NOT_INDUCED = {"read_failures", "events_ignored_gone", "file_errors_source_gone", "sink_failures_postgres",
+               "delete_failures", "sweeps", "files_swept", "files_abandoned", "sweep_failures", "files_retried",
+               "chunks_superseded", "rows_stale", "row_errors_no_answer"}
+
+_FAMILIES = {"file_errors_<kind>": [f"file_errors_{k.value}" for k in FileErrorKind],
+             "row_errors_<kind>": [f"row_errors_{k.value}" for k in RowErrorKind]}
 
 
 def documented() -> dict[str, str]:
-    """``name -> kind`` from the tables in docs/metrics.md."""
-    rows = re.findall(r"^\| `([a-z0-9_]+)` \| (counter|distribution) \|", DOC.read_text(encoding="utf-8"), re.M)
+    """``name -> kind`` from the tables in docs/metrics.md (a ``<kind>`` row stands for its family)."""
+    rows = re.findall(r"^\| `([a-z0-9_<>]+)` \| (counter|distribution) \|", DOC.read_text(encoding="utf-8"), re.M)
     names = [name for name, _ in rows]
     assert len(names) == len(set(names)), "a metric is listed twice"
-    return dict(rows)
+    found = {}
+    for name, kind in rows:
+        for member in _FAMILIES.get(name, [name]):
+            found[member] = kind
+    return found
 
 
 def read_metrics(result) -> tuple[dict[str, int], dict[str, dict]]:
@@ -106,7 +113,8 @@ def main_run(tmp_path_factory, own_model):
         "good.csv": squad_csv(0, 6),
         "row_errors.csv": csv_bytes(["question", "context"], [
             ["", "Some context."], ["Who?", ""], ["When?", "In 1999.", "extra"],
-            [long_question, "A context."], ["Where is it?", "It is in Paris."]]),
+            [long_question, "A context."], ["Where is it?", "It is in Paris."],
+            ["Which?", "A context far too long. " * 200]]),
         "big.csv": b"question,context\n" + b"q,c\n" * 6000,
         "many.csv": csv_bytes(["question", "context"], [["q", "c"]] * 11),
         "latin1.csv": "question,context\nqu\u00e9,contexte\n".encode("latin-1"),
@@ -138,7 +146,7 @@ def main_run(tmp_path_factory, own_model):
             patch.setattr(secret_manager, "access_secret_version", fake_secret)
             result = run([f"--input_pattern={incoming / '*'}", f"--model={own_model}", f"--pg_dsn={dsn}",
                           f"--pg_password_secret={SECRET}", "--max_file_bytes=20000", "--max_rows=10",
-                          "--max_seq_len=64", "--doc_stride=16", "--max_batch_size=4"])
+                          "--max_seq_len=64", "--doc_stride=16", "--max_batch_size=4", "--max_context_chars=4000"])
     finally:
         root.removeHandler(capture)
         root.setLevel(old_level)
@@ -149,8 +157,8 @@ def main_run(tmp_path_factory, own_model):
 
 @pytest.fixture(scope="module")
 def notification_run():
-    """The streaming source's parse and dedup stages over crafted notifications, bounded."""
-    from beam_qa.sources import DeduplicateFileEvents, _ParseNotificationFn  # pylint: disable=protected-access
+    """The streaming source's parse stage over crafted notifications, bounded."""
+    from beam_qa.sources import _ParseNotificationFn  # pylint: disable=protected-access
 
     def message(event_type: str, name: str, generation: str | None = "1"):
         attributes = {"eventType": event_type, "bucketId": "qa-bucket", "objectId": name,
@@ -164,7 +172,6 @@ def notification_run():
 
     messages = [
         message("OBJECT_FINALIZE", "incoming/a.csv"),
-        message("OBJECT_FINALIZE", "incoming/a.csv"),  # redelivered
         message("OBJECT_DELETE", "incoming/b.csv"),
         message("OBJECT_FINALIZE", "answers/a.answers.csv"),
         message("OBJECT_FINALIZE", "incoming/c.txt"),
@@ -174,9 +181,7 @@ def notification_run():
     pipeline = beam.Pipeline(runner="DirectRunner")
     _ = (pipeline
          | "Messages" >> beam.Create(messages)
-         | "Parse" >> beam.ParDo(_ParseNotificationFn("incoming/"))
-         | "NotSwept" >> beam.Map(lambda event: (event, False))
-         | "Deduplicate" >> DeduplicateFileEvents())
+         | "Parse" >> beam.ParDo(_ParseNotificationFn("incoming/")))
     result = pipeline.run()
     result.wait_until_finish()
     return read_metrics(result)[0]
@@ -195,12 +200,12 @@ def failing_outputs_run(tmp_path_factory, tiny_model):
     dsn = fresh_database("beam_qa_metrics_failing")
     result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={tiny_model}", f"--pg_dsn={dsn}",
                   f"--answers_prefix={blocker}/answers/", f"--error_prefix={blocker}/errors/"])
-    return read_metrics(result)[0], incoming
+    return read_metrics(result)[0], incoming, dsn
 
 
 @pytest.fixture(scope="module")
 def failing_model_run(tmp_path_factory, tiny_model):
-    """One row of three makes the real model raise: one failed batch of one row."""
+    """The model runs out of memory once, and one row of three makes it raise for good."""
     base = tmp_path_factory.mktemp("metrics-model")
     model = poisoned_model(tiny_model, base / "poisoned-model")
     incoming = base / "in"
@@ -208,68 +213,104 @@ def failing_model_run(tmp_path_factory, tiny_model):
     (incoming / "rows.csv").write_bytes(csv_bytes(["question", "context"], [
         ["Who?", "Alice met Bob."], ["Where?", f"In {POISON} Paris."], ["When?", "In 1999."]]))
     dsn = fresh_database("beam_qa_metrics_model")
-    result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={model}", f"--pg_dsn={dsn}",
-                  "--max_batch_size=1", "--keep_source"])
+    with pytest.MonkeyPatch.context() as patch:
+        handlers.install(patch, handlers.FlakyHandler)
+        handlers.FAILURES_LEFT[0] = 1
+        result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={model}", f"--pg_dsn={dsn}",
+                      "--max_batch_size=4", "--keep_source"])
     return read_metrics(result)[0], dsn
 
 
-def test_table_lists_every_metric_named_in_the_code():
-    """A metric added to the code without a row in docs/metrics.md fails here."""
-    names = set(documented())
+@pytest.fixture(scope="module")
+def claims_run(tmp_path_factory, tiny_model):
+    """A rerun over a finished file, beside a file another attempt holds: neither starts work."""
+    incoming = tmp_path_factory.mktemp("metrics-claims") / "in"
+    incoming.mkdir()
+    (incoming / "finished.csv").write_bytes(squad_csv(30, 2))
+    held = incoming / "held.csv"
+    held.write_bytes(squad_csv(40, 2))
+    dsn = fresh_database("beam_qa_metrics_claims")
+    args = [f"--input_pattern={incoming / 'finished.csv'}", f"--model={tiny_model}", f"--pg_dsn={dsn}",
+            "--keep_source"]
+    run(args)
+    stat = held.stat()
+    store = clients.postgres(PostgresSettings(dsn))
+    try:  # another worker's live attempt at held.csv
+        assert store.claim(FileEvent(str(held), stat.st_mtime_ns, stat.st_size, str(incoming), "held.csv", 0.0,
+                                     "elsewhere")) == 1
+    finally:
+        clients.close_all()
+    result = run([f"--input_pattern={incoming / '*.csv'}"] + args[1:])
+    return read_metrics(result)[0]
+
+
+def test_the_table_and_the_registry_agree():
+    """A metric defined in beam_qa/metrics.py without a row in docs/metrics.md (or the reverse) fails here."""
+    defined = {**metrics.REGISTRY, **metrics.RUNINFERENCE_METRICS}
+    table = documented()
+    assert sorted(set(defined) - set(table)) == [], "defined but not documented"
+    assert sorted(set(table) - set(defined)) == [], "documented but not defined"
+    assert {name: table[name] for name in defined} == defined, "kinds differ"
+
+
+def test_no_stage_names_a_metric_by_string():
+    """Stages use the module-level objects, so a name cannot drift (only tests look names up)."""
     sources = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "beam_qa").rglob("*.py"))
-    literal = set(re.findall(r"metrics\.(?:counter|distribution)\(\"([a-z0-9_]+)\"\)", sources))
-    assert not literal - names, f"undocumented metrics: {sorted(literal - names)}"
-    families = set(re.findall(r"metrics\.(?:counter|distribution)\(f\"([a-z0-9_]+)\{", sources))
-    assert families <= {"events_ignored_", "row_errors_", "file_errors_"}, families
-    csv_source = (REPO / "beam_qa" / "csv_rows.py").read_text(encoding="utf-8")
-    kinds = set(re.findall(r"FileError\(\s*\"([a-z_0-9]+)\"", csv_source))
-    assert kinds and {f"file_errors_{kind}" for kind in kinds} <= names
-    events_source = (REPO / "beam_qa" / "events.py").read_text(encoding="utf-8")
-    reasons = set(re.findall(r"return None, \"([a-z_]+)\"", events_source))
-    assert reasons and {f"events_ignored_{reason}" for reason in reasons} <= names
+    assert not re.findall(r"metrics\.(?:counter|distribution)\(", sources)
 
 
 def test_metrics_not_induced_here_are_emitted_by_the_code():
-    import apache_beam.ml.inference.base as run_inference
-    sources = {
-        "beam_qa": "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "beam_qa").rglob("*.py")),
-        "apache_beam": Path(run_inference.__file__).read_text(encoding="utf-8"),
-    }
-    table = documented()
-    for name, where in NOT_INDUCED.items():
-        assert name in table
-        assert re.search(rf"['\"]{name}['\"]", sources[where]), f"{name} is not emitted by {where}"
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "beam_qa").rglob("*.py")
+                        if p.name != "metrics.py")
+    objects = {getattr(metrics, attr).name: attr for attr in dir(metrics)
+               if isinstance(getattr(metrics, attr), (metrics._Counter, metrics._Distribution))}  # pylint: disable=protected-access
+    for name in NOT_INDUCED:
+        if name in objects:
+            assert f"metrics.{objects[name]}." in sources, f"{name} is never updated"
+        elif name.startswith("events_ignored_"):
+            assert f'events_ignored("{name[len("events_ignored_"):]}")' in sources, name
+        elif name.startswith("file_errors_"):
+            assert f"FileErrorKind.{name[len('file_errors_'):].upper()}" in sources, name
+        else:
+            kind = RowErrorKind(name[len("row_errors_"):])
+            from beam_qa.errors import _ROW_ERROR_PREFIXES  # pylint: disable=protected-access
+            prefix = next(p for p, k in _ROW_ERROR_PREFIXES if k is kind)
+            assert prefix in sources, name
 
 
-def test_every_documented_metric_is_emitted(main_run, notification_run, failing_outputs_run, failing_model_run):
+def test_every_documented_metric_is_emitted(main_run, notification_run, failing_outputs_run, failing_model_run,
+                                            claims_run):
     emitted = (set(main_run["counters"]) | set(main_run["distributions"]) | set(notification_run)
-               | set(failing_outputs_run[0]) | set(failing_model_run[0]))
-    missing = set(documented()) - set(NOT_INDUCED) - emitted
+               | set(failing_outputs_run[0]) | set(failing_model_run[0]) | set(claims_run))
+    missing = set(documented()) - NOT_INDUCED - emitted
     assert not missing, f"documented but not emitted by the runs: {sorted(missing)}"
     for name, kind in documented().items():
-        if name in emitted:
-            in_distributions = name in main_run["distributions"]
-            assert in_distributions == (kind == "distribution"), name
+        if name in main_run["counters"] or name in main_run["distributions"]:
+            assert (name in main_run["distributions"]) == (kind == "distribution"), name
 
 
 def test_file_and_row_figures(main_run):
     counters = main_run["counters"]
+    assert counters["files_matched"] == 11
+    assert counters["files_claimed"] == 11
     assert counters["files_received"] == 2
     assert counters["files_done"] == 2
     assert counters["files_failed"] == 9
     for kind in ("too_large", "too_many_rows", "not_utf8", "binary", "empty", "duplicate_columns",
                  "missing_columns", "malformed_csv", "no_rows"):
         assert counters[f"file_errors_{kind}"] == 1, kind
+    assert counters["rows_read"] == 12
     assert counters["rows_answered"] == 7  # 6 good rows + the one answerable row
-    assert counters["row_errors_empty_question"] == 1
-    assert counters["row_errors_empty_context"] == 1
-    assert counters["row_errors_extra_fields"] == 1
-    assert counters["row_errors_model"] == 1  # the question longer than the window
-    assert counters["row_errors"] == 4
+    assert counters["rows_committed"] == 12
+    for kind in ("empty_question", "empty_context", "extra_fields", "question_too_long", "context_too_long"):
+        assert counters[f"row_errors_{kind}"] == 1, kind
+    assert counters["row_errors"] == 5
     assert counters["events_ignored_not_csv"] == 1
     assert counters["events_ignored"] == 1
     assert counters["sources_deleted"] == 2
     assert counters["model_loads"] == 1
+    assert counters["files_completed"] == 2
+    assert counters["chunks_started"] == 2
     assert query(main_run["dsn"], "SELECT status, count(*) FROM qa_files GROUP BY 1 ORDER BY 1") == [
         ("done", 2), ("failed", 9)]
 
@@ -279,6 +320,7 @@ def test_latency_and_run_inference_figures(main_run):
     latency = dists["upload_to_answer_ms"]
     assert latency["count"] == 2
     assert 0 <= latency["min"] <= latency["max"] < 10 * 60 * 1000
+    assert dists["rows_per_file"]["sum"] == 12 and dists["rows_per_file"]["count"] == 2
     # Rows sent to the model: the 7 answered plus the one whose question does not fit.
     assert counters["num_inferences"] == 8
     batches = dists["inference_request_batch_size"]
@@ -293,27 +335,38 @@ def test_latency_and_run_inference_figures(main_run):
 
 def test_notification_figures(notification_run):
     counters = notification_run
-    for reason in ("not_finalize", "other_prefix", "not_csv", "folder", "malformed", "duplicate"):
+    for reason in ("not_finalize", "other_prefix", "not_csv", "folder", "malformed"):
         assert counters[f"events_ignored_{reason}"] == 1, reason
-    assert counters["events_ignored"] == 6
+    assert counters["events_ignored"] == 5
+
+
+def test_claim_figures(claims_run):
+    assert claims_run["events_ignored_finished"] == 1
+    assert claims_run["events_ignored_in_flight"] == 1
+    assert claims_run.get("files_claimed", 0) == 0
 
 
 def test_failure_figures(failing_outputs_run):
-    counters, incoming = failing_outputs_run
+    counters, incoming, dsn = failing_outputs_run
     assert counters["sink_failures_csv"] == 1
     assert counters["quarantine_failures"] == 1
     assert counters.get("files_done", 0) == 0
     assert counters.get("sources_deleted", 0) == 0
     assert (incoming / "good.csv").exists()
+    # The answers are in PostgreSQL, but without its CSV the file is not done and its lease was
+    # given back: the sweeper (streaming) or a rerun (bounded) starts another attempt.
+    assert query(dsn, "SELECT status, lease_until <= now() FROM qa_files WHERE source_uri LIKE %s",
+                 ("%good.csv",)) == [("received", True)]
 
 
 def test_status_line_reports_the_same_figures(main_run):
     lines = [line for line in main_run["logs"] if "beam_qa status (final):" in line]
     assert len(lines) == 1, main_run["logs"][-5:]
     line = lines[0]
-    assert "files done 2, failed 9" in line
-    assert re.search(r"rows answered 7 \(\d+\.\d rows/s\), row errors 4", line), line
+    assert "files done 2 of 11, failed 9" in line
+    assert re.search(r"rows answered 7 \(\d+\.\d rows/s\), row errors 5", line), line
     assert re.search(r"upload-to-answer mean \d+\.\ds max \d+\.\ds", line), line
+    assert "rows committed 12 of 12 read, time left 0m00s" in line
 
 
 def test_password_is_read_on_the_workers_and_never_logged(main_run):
@@ -322,12 +375,12 @@ def test_password_is_read_on_the_workers_and_never_logged(main_run):
     assert not [line for line in main_run["logs"] if PASSWORD in line]
 
 
-def test_a_failing_batch_is_counted_and_becomes_row_errors(failing_model_run):
+def test_a_passing_shortage_is_retried_and_a_failing_row_is_a_row_error(failing_model_run):
     counters, dsn = failing_model_run
-    assert counters["failed_batches_counter"] == 1
+    assert counters["inference_retries"] == 1
     assert counters["row_errors_model"] == 1
     assert counters["rows_answered"] == 2
     assert counters["files_done"] == 1
     rows = query(dsn, "SELECT row_index, answer IS NULL, error FROM qa_answers ORDER BY row_index")
     assert [(index, no_answer) for index, no_answer, _ in rows] == [(0, False), (1, True), (2, False)]
-    assert rows[1][2].startswith("model failed on this batch")
+    assert rows[1][2].startswith("model failed on this row: IndexError")

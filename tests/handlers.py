@@ -1,0 +1,79 @@
+"""Model handlers for tests that need to see or disturb the model calls of a real pipeline run.
+
+They live in an importable module (not a test file) because the runner pickles the handler into
+the graph: the in-process local runners then unpickle a copy that still updates this module's
+globals. Tests put them in place with ``monkeypatch.setattr(beam_qa.pipeline, "make_handler", ...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from beam_qa.qa.handler import QuestionAnsweringModelHandler
+
+# question -> the thread that answered it (RecordingHandler)
+ANSWERED_ON: dict[str, int] = {}
+# how many more forward passes must fail (FlakyHandler)
+FAILURES_LEFT = [0]
+FORWARD_CALLS = [0]
+_LOCK = threading.Lock()
+
+
+class RecordingHandler(QuestionAnsweringModelHandler):
+    """Records which thread answered each question."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        results = super().run_inference(batch, model, inference_args)
+        with _LOCK:
+            for question, _ in batch:
+                ANSWERED_ON[question] = threading.get_ident()
+        return results
+
+
+class _FailingForward:
+    """Wraps a model: its next ``FAILURES_LEFT`` forward passes raise an out-of-memory error."""
+
+    def __init__(self, model, error_factory):
+        self._model = model
+        self._error_factory = error_factory
+
+    def __call__(self, **inputs):
+        with _LOCK:
+            FORWARD_CALLS[0] += 1
+            fail = FAILURES_LEFT[0] > 0
+            if fail:
+                FAILURES_LEFT[0] -= 1
+        if fail:
+            raise self._error_factory()
+        return self._model(**inputs)
+
+
+def out_of_memory():
+    import torch
+    return torch.OutOfMemoryError("out of memory (injected by the test): tried to allocate 2.00 GiB")
+
+
+class FlakyHandler(QuestionAnsweringModelHandler):
+    """The real handler on the real model, whose forward pass raises OOM ``FAILURES_LEFT`` times."""
+
+    def load_model(self):
+        loaded = super().load_model()
+        # A copy: the process-wide cache keeps the real model for everyone else.
+        return dataclasses.replace(loaded, model=_FailingForward(loaded.model, out_of_memory))
+
+
+def install(monkeypatch, handler_class) -> None:
+    """Makes the pipeline build its usual handler, but as an instance of ``handler_class``.
+
+    The subclasses above add no state, so re-classing the handler ``make_handler`` built keeps
+    every option exactly as the pipeline set it.
+    """
+    import beam_qa.pipeline as pipeline
+    original = pipeline.make_handler
+
+    def make_handler(opts):
+        handler = original(opts)
+        handler.__class__ = handler_class
+        return handler
+    monkeypatch.setattr(pipeline, "make_handler", make_handler)
