@@ -13,7 +13,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: this is the CPU wheel (any other spec pulls a multi-GB CUDA build).
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[pipeline,upload,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

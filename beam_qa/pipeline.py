@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
 
-from beam_qa import clients, metrics
+from beam_qa import clients, launch, metrics
 from beam_qa.answering import AnswerQuestions
 from beam_qa.cleanup import DeleteFailedSource, DeleteSourceObject, QuarantineFile
 from beam_qa.options import DEFAULT_MODEL, QaOptions
@@ -146,6 +146,7 @@ def parse_options(argv: list[str] | None = None) -> QaOptions:
         # The worker image sets QA_MODEL to the model baked into it (Dockerfile.worker).
         opts.model = os.environ.get("QA_MODEL") or DEFAULT_MODEL
     opts.validate_qa()
+    launch.default_worker_image(opts)
     if opts.input_subscription:
         opts.view_as(StandardOptions).streaming = True
     return opts
@@ -159,23 +160,22 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         test_pipeline: a TestPipeline to build into instead of a new Pipeline.
 
     Returns:
-        The PipelineResult (already finished in bounded mode).
+        The PipelineResult: finished in local bounded mode; on Dataflow, the submitted job.
     """
     opts = parse_options(argv)
     check_model_available(opts.model)
     pipeline = test_pipeline or beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
-    wait = not opts.input_subscription or test_pipeline is None
-    # On Dataflow the console shows these figures; the launcher only submits the job.
-    local = "Dataflow" not in str(opts.view_as(StandardOptions).runner)
+    # On Dataflow the launcher only submits the job (and the console shows these figures).
+    wait = launch.should_wait(opts, streaming_test=bool(opts.input_subscription) and test_pipeline is not None)
     try:
-        with metrics.status_reporting(opts.status_interval_secs if wait and local else 0,
+        with metrics.status_reporting(opts.status_interval_secs if wait else 0,
                                       bounded=not opts.input_subscription):
             result = pipeline.run()
             if wait:
                 result.wait_until_finish()
     finally:
-        if local and wait:
+        if wait:
             # A local run executed the DoFns in this process: give its pools back.
             clients.close_all()
     return result

