@@ -105,6 +105,7 @@ CHUNKS_STARTED = _counter("chunks_started")
 CHUNKS_SUPERSEDED = _counter("chunks_superseded")
 INFERENCE_RETRIES = _counter("inference_retries")
 MODEL_LOADS = _counter("model_loads")
+MODEL_SWAPS = _counter("model_swaps")
 ROWS_ANSWERED = _counter("rows_answered")
 ROW_ERRORS = _counter("row_errors")
 _ROW_ERRORS_BY = {kind: _counter(f"row_errors_{kind.value}") for kind in RowErrorKind}

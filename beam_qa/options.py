@@ -123,6 +123,15 @@ class QaOptions(PipelineOptions):
             f"question-answering model with a fast tokenizer. Default: $QA_MODEL (the worker "
             f"image sets it to its baked-in model), else {DEFAULT_MODEL}.")
         model.add_argument(
+            "--model_watch_pattern", default=None,
+            help="Pick up newly published models without stopping the job: a glob of config.json files, "
+            "for example gs://my-bucket/models/*/config.json. Workers use the directory of the newest one "
+            "(copy a model directory there, config.json last) and switch to a newer one within "
+            "--model_watch_interval_secs; --model is then ignored.")
+        model.add_argument(
+            "--model_watch_interval_secs", type=_positive_float, default=60.0,
+            help="How often each worker looks for a newer model under --model_watch_pattern.")
+        model.add_argument(
             "--device", choices=["auto", "cpu", "cuda"], default="auto",
             help="Where the model runs; auto picks CUDA when a GPU is visible.")
         model.add_argument(
@@ -231,6 +240,9 @@ class QaOptions(PipelineOptions):
                                  "is given: the password would be stored in the job graph.")
         if self.quantize == "int8" and self.device == "cuda":
             raise ValueError("--quantize int8 is CPU-only; on CUDA the model runs in fp16.")
+        if self.model_watch_pattern:
+            from beam_qa.qa.model_watch import check_pattern
+            check_pattern(self.model_watch_pattern)
         if self.inference_threads < 0:
             raise ValueError("--inference_threads must be 0 (automatic) or a positive number of threads.")
 

@@ -14,6 +14,7 @@ from beam_qa.answering import AnswerQuestions
 from beam_qa.cleanup import DeleteFailedSource, DeleteSourceObject, QuarantineFile
 from beam_qa.options import DEFAULT_MODEL, QaOptions
 from beam_qa.qa.handler import QuestionAnsweringModelHandler, usable_cpus
+from beam_qa.qa import model_watch
 from beam_qa.qa.model_store import check_model_available, load_count
 from beam_qa.reading import FILE_ERRORS, ClaimFiles, ReadCsvRows
 from beam_qa.records import Chunk, ChunkRow, FileEvent, rebuild_chunk
@@ -55,7 +56,9 @@ def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
         opts.model, device=opts.device, quantize=opts.quantize, max_seq_len=opts.max_seq_len,
         doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
         min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=opts.max_batch_duration_secs, inference_threads=inference_threads(opts))
+        max_batch_duration_secs=opts.max_batch_duration_secs, inference_threads=inference_threads(opts),
+        model_watch_pattern=opts.model_watch_pattern, model_watch_interval_secs=opts.model_watch_interval_secs,
+        storage_anonymous=bool(opts.gcs_anonymous))
 
 
 class _WarmUpFn(beam.DoFn):
@@ -131,6 +134,24 @@ def build_pipeline(p: beam.Pipeline, opts: QaOptions) -> None:
         _ = recorded | "DeleteFailedSource" >> DeleteFailedSource(files)
 
 
+def newest_model(opts: QaOptions) -> str:
+    """The newest model published under ``--model_watch_pattern`` (what the workers start with).
+
+    Raises:
+        ModelNotFoundError: when nothing is published there yet.
+    """
+    from beam_qa.qa.model_store import ModelNotFoundError, advice
+    from beam_qa.qa.model_watch import newest_published
+    newest = newest_published(opts.model_watch_pattern, clients.storage(opts.storage_settings()))
+    if newest is None:
+        raise ModelNotFoundError(advice(opts.model_watch_pattern, "no model is published there (a directory "
+                                        "with its config.json, written last)"))
+    if opts.model and opts.model != newest.directory and opts.model != DEFAULT_MODEL:
+        _LOGGER.info("--model %s is ignored: --model_watch_pattern picks the newest published model", opts.model)
+    _LOGGER.info("models are watched under %s; the newest is %s", opts.model_watch_pattern, newest.directory)
+    return newest.directory
+
+
 def parse_options(argv: list[str] | None = None) -> QaOptions:
     """Parses and validates options; applies environment defaults for local runs.
 
@@ -163,6 +184,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         The PipelineResult: finished in local bounded mode; on Dataflow, the submitted job.
     """
     opts = parse_options(argv)
+    if opts.model_watch_pattern:
+        opts.model = newest_model(opts)
     check_model_available(opts.model)
     pipeline = test_pipeline or beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
@@ -176,6 +199,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
                 result.wait_until_finish()
     finally:
         if wait:
-            # A local run executed the DoFns in this process: give its pools back.
+            # A local run executed the DoFns in this process: give its pools and watchers back.
+            model_watch.stop_all()
             clients.close_all()
     return result

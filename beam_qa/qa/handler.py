@@ -135,6 +135,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         max_batch_duration_secs: float | None = None,
         tokens_per_forward: int | None = None,
         inference_threads: int = 0,
+        model_watch_pattern: str | None = None,
+        model_watch_interval_secs: float = 60.0,
+        storage_anonymous: bool = False,
     ):
         super().__init__()
         self._model_name = model
@@ -145,6 +148,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         self._max_answer_len = max_answer_len
         self._tokens_per_forward = tokens_per_forward
         self._inference_threads = inference_threads
+        self._watch_pattern = model_watch_pattern
+        self._watch_interval_secs = model_watch_interval_secs
+        self._storage_anonymous = storage_anonymous
         self._unreported_loads = 0
         self._batch_kwargs: dict[str, Any] = {
             "min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
@@ -161,11 +167,27 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 _LOGGER.info("beam_qa model calls use %d intra-op threads, at most %d at once in pid %d",
                              self._inference_threads, max(1, usable_cpus() // self._inference_threads),
                              os.getpid())
-        model = load_model(self._model_name, self._device, self._quantize)
+        if self._watch_pattern:
+            model = self._watcher().current()
+        else:
+            model = load_model(self._model_name, self._device, self._quantize)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
         self._unreported_loads += load_count() - before
         return model
+
+    def _watcher(self):
+        """This process's watcher of ``--model_watch_pattern`` (started, holding the newest model)."""
+        from beam_qa import clients
+        from beam_qa.qa import model_watch
+        from beam_qa.settings import StorageSettings
+        return model_watch.watcher(self._watch_pattern, self._watch_interval_secs, self._device, self._quantize,
+                                   clients.storage(StorageSettings(anonymous=self._storage_anonymous)))
+
+    def update_model_path(self, model_path: str | None = None) -> None:
+        """RunInference's hook for a new model: a directory, or its ``config.json``."""
+        if model_path:
+            self._model_name = model_path[:-len("/config.json")] if model_path.endswith("/config.json") else model_path
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return dict(self._batch_kwargs)
@@ -194,6 +216,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         if self._unreported_loads:
             metrics.MODEL_LOADS.inc(self._unreported_loads)
             self._unreported_loads = 0
+        if self._watch_pattern:
+            # The newest published model for every new batch (a batch never changes model midway).
+            model = self._watcher().current()
         predictions = self._answer_isolating(list(batch), model)
         return [PredictionResult(example, prediction, model.name) for example, prediction in zip(batch, predictions)]
 

@@ -169,6 +169,16 @@ def load_model(model: str, device: str = "auto", quantize: str = "none") -> Load
         return loaded
 
 
+def evict(model: str) -> None:
+    """Drops every cached copy of ``model`` (a model replaced by a newer one, ``qa/model_watch.py``).
+
+    Batches still running keep their reference until they finish; then the memory is free.
+    """
+    with _CACHE_LOCK:
+        for key in [key for key in _CACHE if key[0] == model]:
+            del _CACHE[key]
+
+
 def load_count() -> int:
     """How many times this process actually loaded a model (cache misses)."""
     return _LOAD_COUNT

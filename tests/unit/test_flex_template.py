@@ -63,6 +63,11 @@ CASES: dict[str, tuple[list[str], list[tuple[str, str | None]]]] = {
     "model": (
         ["distilbert/distilbert-base-cased-distilled-squad", "gs://my-bucket/models/qa/", "/opt/beam_qa/model"],
         [("", "empty"), ("my model", "whitespace is never part of a model id or path")]),
+    "model_watch_pattern": (
+        ["gs://my-bucket/models/*/config.json", "gs://my-bucket/qa/**/config.json"],
+        [("gs://my-bucket/models/*", "must name config.json files"), ("/opt/models/*/config.json", "a local path"),
+         ("models/*/config.json", "not a gs:// URI")]),
+    "model_watch_interval_secs": (["60", "0.5"], [("0", None), ("-60", None), ("1m", None)]),
     "device": (["auto", "cpu", "cuda"], [("gpu", None), ("CUDA", None)]),
     "quantize": (["none", "int8"], [("int4", None), ("fp16", None)]),
     "max_seq_len": (["384", "512"], [("0", None), ("384.0", None)]),

@@ -1,0 +1,161 @@
+"""A new model without stopping the stream: workers pick up the newest published model directory.
+
+Publishing a model means copying its directory (weights, tokenizer, ``config.json``) under a
+watched prefix, ``config.json`` last, for example ``gs://BUCKET/models/2026-11-22/``. With
+``--model_watch_pattern gs://BUCKET/models/*/config.json``, each worker process keeps one
+``ModelWatcher`` that lists the pattern every ``--model_watch_interval_secs`` and, when a newer
+``config.json`` appears, loads that directory completely in the background and only then swaps
+it in: a batch already running finishes with the model it started with, the next one gets the
+new model, no row is ever answered by a half-loaded model, and the old model is dropped from
+the process-wide cache (no second copy kept once its last batch is done). Every answer records
+the model that produced it (``qa_answers.model``, the answers CSV's ``model`` column).
+
+Why not RunInference's own model-update side input (``WatchFilePattern`` or
+``model_metadata_pcoll``)? The Python DirectRunner never delivers a triggered global-window side
+input to a streaming main input (tried with Beam 2.77: the main input waited for ever), so it
+could not work on the local stack; this watcher behaves the same on every runner. The handler
+still implements ``update_model_path`` (RunInference's hook), and the watcher goes through the
+same process-wide model cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+
+from beam_qa import metrics
+
+_LOGGER = logging.getLogger(__name__)
+
+MARKER = "config.json"
+
+_LOCK = threading.Lock()
+_WATCHERS: dict[tuple, ModelWatcher] = {}
+
+
+class NoPublishedModelError(ValueError):
+    """The watch pattern matches no published model (a ``config.json``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedModel:
+    """A model directory under the watched prefix, and when its ``config.json`` was written."""
+
+    directory: str
+    published: float
+
+
+def newest_published(pattern: str, storage) -> PublishedModel | None:
+    """The directory of the newest ``config.json`` matching ``pattern`` (ties: the larger name)."""
+    found = [PublishedModel(info.uri.rsplit("/", 1)[0], info.updated) for info in storage.list(pattern)
+             if info.uri.rsplit("/", 1)[-1] == MARKER]
+    return max(found, key=lambda m: (m.published, m.directory), default=None)
+
+
+def check_pattern(pattern: str) -> None:
+    """Raises ValueError unless ``pattern`` names ``config.json`` files (what marks a complete model)."""
+    if not pattern.endswith("/" + MARKER):
+        raise ValueError(f"--model_watch_pattern {pattern!r} must end with /{MARKER} (for example "
+                         f"gs://my-bucket/models/*/{MARKER}): a model counts as published once its {MARKER} "
+                         "is written, last.")
+
+
+class ModelWatcher:
+    """Holds the newest published model of one pattern in this process, and swaps in newer ones.
+
+    Args:
+        pattern: glob of ``config.json`` files (``*`` within a segment, ``**`` across).
+        interval_secs: how often to look for a newer one.
+        load: loads a model directory completely (the process-wide ``model_store.load_model``).
+        evict: drops a model directory from the process-wide cache.
+        storage: lists the pattern (``beam_qa.storage.Storage``).
+    """
+
+    def __init__(self, pattern: str, interval_secs: float, load: Callable, evict: Callable[[str], None], storage):
+        self._pattern = pattern
+        self._interval = interval_secs
+        self._load = load
+        self._evict = evict
+        self._storage = storage
+        self._lock = threading.Lock()
+        self._current = None
+        self._directory: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Loads the newest published model now, then watches for newer ones in a thread."""
+        newest = newest_published(self._pattern, self._storage)
+        if newest is None:
+            raise NoPublishedModelError(f"no model is published under {self._pattern}: copy a model directory "
+                                        f"there, {MARKER} last")
+        self._swap_to(newest.directory)
+        self._thread = threading.Thread(target=self._loop, name="beam_qa-model-watch", daemon=True)
+        self._thread.start()
+
+    def current(self):
+        """The model every new batch should use."""
+        with self._lock:
+            return self._current
+
+    @property
+    def directory(self) -> str | None:
+        with self._lock:
+            return self._directory
+
+    def check_now(self) -> bool:
+        """Looks once for a newer model and swaps it in; True when it did."""
+        newest = newest_published(self._pattern, self._storage)
+        if newest is None or newest.directory == self.directory:
+            return False
+        self._swap_to(newest.directory)
+        return True
+
+    def _swap_to(self, directory: str) -> None:
+        loaded = self._load(directory)  # completely, before anyone can see it
+        with self._lock:
+            previous, self._directory, self._current = self._directory, directory, loaded
+        if previous is not None:
+            metrics.MODEL_SWAPS.inc()
+            self._evict(previous)
+            _LOGGER.info("beam_qa switched to model %s (was %s)", directory, previous)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.check_now()
+            except Exception:  # pylint: disable=broad-except
+                # A listing or a load that fails keeps the current model; the next look tries again.
+                _LOGGER.warning("looking for a newer model under %s failed; keeping %s", self._pattern,
+                                self.directory, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def watcher(pattern: str, interval_secs: float, device: str, precision: str, storage) -> ModelWatcher:
+    """This process's started watcher for ``pattern`` on ``device`` at ``precision``."""
+    from beam_qa.qa import model_store
+    key = (pattern, interval_secs, device, precision)
+    with _LOCK:
+        found = _WATCHERS.get(key)
+        if found is None:
+            found = ModelWatcher(pattern, interval_secs,
+                                 load=lambda directory: model_store.load_model(directory, device, precision),
+                                 evict=model_store.evict, storage=storage)
+            found.start()
+            _WATCHERS[key] = found
+        return found
+
+
+def stop_all() -> None:
+    """Stops every watcher of this process (local runs, when the pipeline has finished)."""
+    with _LOCK:
+        found = list(_WATCHERS.values())
+        _WATCHERS.clear()
+    for item in found:
+        item.stop()

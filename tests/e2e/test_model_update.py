@@ -1,0 +1,108 @@
+"""A new model without stopping the stream, on the real local stack.
+
+Model A is published under ``gs://BUCKET/models/`` before the pipeline starts; files are answered
+by A. Model B (other weights) is then published beside it, ``config.json`` last, while the
+pipeline runs: once the workers have switched, later files are answered by B and their rows say
+so. Nothing is lost or doubled, every row names a complete model, and each version is loaded once
+in the pipeline's process.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from beam_qa.dev.stack import Stack, StackConfig
+from tests.conftest import fresh_database, query, squad_csv
+from tests.e2e.support import free_port, stack_environment, upload, wait_for_status
+
+pytestmark = pytest.mark.e2e
+
+WATCH_SECS = 1
+
+
+def publish_model(bucket, prefix: str, local: Path) -> str:
+    """Copies a model directory to ``gs://BUCKET/PREFIX/``, config.json last (what marks it published)."""
+    files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for path in sorted(files, key=lambda p: p.name == "config.json"):
+        bucket.blob(f"{prefix}/{path.relative_to(local)}").upload_from_filename(str(path))
+    return f"gs://{bucket.name}/{prefix}"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_model):
+    from beam_qa.dev.tiny_model import build_model
+    second = build_model(tmp_path_factory.mktemp("model-b") / "tiny", "tiny", seed=1)
+    first = tmp_path_factory.mktemp("model-a") / "tiny"
+    shutil.copytree(tiny_model, first)
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, models):
+    from beam_qa.storage import make_gcs_client
+    config = StackConfig(
+        project="local-project", pubsub_host=f"127.0.0.1:{free_port()}", gcs_url=f"http://127.0.0.1:{free_port()}",
+        bucket="qa-models", topic="qa-models-uploads", subscription="qa-models-pipeline",
+        pg_dsn=fresh_database("beam_qa_model_update"), model="unused", run_dir=tmp_path_factory.mktemp("run-models"),
+        pipeline_args=["--model_watch_pattern=gs://qa-models/models/*/config.json",
+                       f"--model_watch_interval_secs={WATCH_SECS}"])
+    running = Stack(config)
+    with stack_environment(config):
+        try:
+            running.start_pubsub()
+            running.start_gcs()
+            running.ensure_resources()
+            running.ensure_database()
+            bucket = make_gcs_client(anonymous=True).bucket(config.bucket)
+            running.model_a = publish_model(bucket, "models/2026-11-01-a", models[0])
+            running.start_pipeline("unused")
+            running.bucket = bucket
+            yield running
+        finally:
+            running.stop()
+
+
+def _answer_and_check(stack, names: list[str], start: int) -> dict[str, set[str]]:
+    """Uploads files, waits until each is done once, returns each file's set of row models."""
+    blobs = [upload(stack.bucket, f"incoming/models/{name}.csv", squad_csv(start + i * 8, 8))
+             for i, name in enumerate(names)]
+    found = {}
+    for blob in blobs:
+        uri = f"gs://{stack.bucket.name}/{blob.name}"
+        wait_for_status(stack, uri, blob.generation, "done", timeout=60)
+        assert query(stack.config.pg_dsn, "SELECT count(*), count(DISTINCT row_index), count(answer), max(attempt) "
+                     "FROM qa_answers JOIN qa_files USING (source_uri, source_generation) WHERE source_uri = %s",
+                     (uri,)) == [(8, 8, 8, 1)]
+        found[blob.name] = {model for (model,) in query(
+            stack.config.pg_dsn, "SELECT DISTINCT model FROM qa_answers WHERE source_uri = %s", (uri,))}
+    return found
+
+
+def test_files_after_a_new_model_is_published_are_answered_by_it(stack, models):
+    log = stack.config.run_dir / "pipeline.log"
+    before = _answer_and_check(stack, ["a1", "a2", "a3"], 0)
+    models_a = set().union(*before.values())
+    assert len(models_a) == 1 and next(iter(models_a)).startswith(stack.model_a), models_a
+
+    model_b = publish_model(stack.bucket, "models/2026-11-02-b", models[1])
+    deadline = time.monotonic() + 60
+    while f"switched to model {model_b}" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"the pipeline never switched to {model_b}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+    after = _answer_and_check(stack, ["b1", "b2", "b3"], 100)
+    models_b = set().union(*after.values())
+    assert len(models_b) == 1 and next(iter(models_b)).startswith(model_b), models_b
+    # Every file was answered by one complete model: A's before the switch, B's after it.
+    assert all(len(rows) == 1 for rows in {**before, **after}.values())
+    # Each version loaded once in the pipeline's process (the warm-up's load of A is that one).
+    text = log.read_text(errors="replace")
+    assert len(re.findall(rf"beam_qa model loaded: {re.escape(stack.model_a)} ", text)) == 1
+    assert len(re.findall(rf"beam_qa model loaded: {re.escape(model_b)} ", text)) == 1
+    assert query(stack.config.pg_dsn, "SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM qa_files") == [
+        (6, 6)]
