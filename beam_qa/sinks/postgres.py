@@ -531,10 +531,10 @@ class LeaseKeeper:
         while not self._stop.wait(interval):
             try:
                 self.renew_now()
-            except Exception:  # pylint: disable=broad-except
+            except Exception as exc:  # pylint: disable=broad-except
                 # An outage: the leases may lapse, which only lets another attempt start later.
-                _LOGGER.warning("could not renew %d leases; trying again in %.0fs", len(self.held()), interval,
-                                exc_info=True)
+                _LOGGER.warning("could not renew %d leases (%s); trying again in %.0fs", len(self.held()),
+                                type(exc).__name__, interval)
 
     def stop(self) -> None:
         self._stop.set()
