@@ -28,6 +28,7 @@ setuptools.setup(
         "uvicorn[standard]>=0.30,<1",
         "python-multipart>=0.0.9",
     ],
+    entry_points={"console_scripts": ["beam-qa = beam_qa.cli:console_main"]},
     extras_require={
         "dev": [
             "pytest>=8",
