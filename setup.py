@@ -27,6 +27,8 @@ setuptools.setup(
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
         "python-multipart>=0.0.9",
+        # The upload service's QA_LOG_FORMAT=json: one Cloud Logging JSON object per line.
+        "python-json-logger>=3.1,<5",
     ],
     entry_points={"console_scripts": ["beam-qa = beam_qa.cli:console_main"]},
     extras_require={

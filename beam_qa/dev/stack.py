@@ -380,7 +380,7 @@ class Stack:
                 return
             raise RuntimeError(f"port {self.config.upload_port} is taken by something that is not the upload "
                                "service; set QA_UPLOAD_PORT to a free port")
-        proc = self._spawn("upload", [sys.executable, "-m", "uvicorn", "upload_service.main:app",
+        proc = self._spawn("upload", [sys.executable, "-m", "upload_service",
                                       "--host", self.config.upload_host, "--port", str(self.config.upload_port)],
                            env=self.upload_env())
         _wait_for(healthy, "the upload service", timeout, proc, self.config.run_dir / "upload.log")
