@@ -111,8 +111,19 @@ def beam_parser(*, include_qa: bool = True, prog: str = "beam-qa") -> argparse.A
     return parser
 
 
-def check_known_flags(argv: Sequence[str], prog: str) -> None:
+def on_flex_template_launcher() -> bool:
+    """The Flex Template launcher image runs main.py with FLEX_TEMPLATE_PYTHON_PY_FILE set (Dockerfile.worker)."""
+    return bool(os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE"))
+
+
+def check_known_flags(argv: Sequence[str], prog: str, *, strict: bool = True) -> None:
     """Parses ``argv`` as beam-qa and Beam flags; a typo is an error, not a silently dropped flag.
+
+    Args:
+        argv: the arguments.
+        prog: the command's name, for messages.
+        strict: whether an unknown flag is an error. The Flex Template launcher passes flags of its
+            own, which this Beam version may not know: there it is a warning, as in Beam.
 
     Raises:
         UsageError: for a bad value, an unknown flag (with the nearest known one) or a stray word.
@@ -130,6 +141,9 @@ def check_known_flags(argv: Sequence[str], prog: str) -> None:
     known = [opt for action in parser._actions for opt in action.option_strings]  # pylint: disable=protected-access
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]}?" if close else f"see `{prog} --help` and `{prog} --help_beam`"
+    if not strict:
+        _LOGGER.warning("ignoring unknown option(s) %s (%s)", " ".join(unknown), hint)
+        return
     raise UsageError(f"unknown option {name}: {hint}")
 
 
@@ -171,7 +185,7 @@ def preflight(argv: Sequence[str], prog: str = "beam-qa") -> QaOptions:
         ValueError: for a bad combination of options (``parse_options``), or
             ``ModelNotFoundError`` for a model that cannot be found.
     """
-    check_known_flags(argv, prog)
+    check_known_flags(argv, prog, strict=not on_flex_template_launcher())
     opts = parse_options(list(argv))
     if opts.input_pattern:
         check_input_pattern(opts.input_pattern, opts.gcs_anonymous)

@@ -142,6 +142,14 @@ def test_a_usage_error_is_one_line_and_exit_status_2(inputs, case, build, text):
     assert "Traceback" not in output
 
 
+def test_on_the_flex_template_launcher_an_unknown_flag_is_a_warning_as_in_beam(inputs):
+    result = run_cli("--launcher_only_flag=1", f"--input_pattern={inputs['nothing']}", f"--model={inputs['model']}",
+                     "--pg_dsn=x", env={"FLEX_TEMPLATE_PYTHON_PY_FILE": "/template/main.py"})
+    assert result.returncode == 2 and "ignoring unknown option(s) --launcher_only_flag=1" in result.stderr
+    # The checks after it still run: here, the pattern that matches nothing.
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --input_pattern")
+
+
 def test_the_console_script_reports_usage_errors_the_same_way(inputs):
     result = run_cli(f"--input_pattern={inputs['nothing']}", f"--model={inputs['model']}", "--pg_dsn=x",
                      command=[str(SCRIPT)])

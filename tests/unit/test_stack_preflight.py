@@ -79,6 +79,7 @@ def test_check_lists_each_prerequisite_on_one_line(tmp_path):
 
 
 def test_the_dsn_is_read_without_psycopg_before_install():
-    assert stack._dsn_host_port("host=db.local port=6543 user=x dbname=y") == ("db.local", 6543)  # pylint: disable=protected-access
-    assert stack._dsn_host_port("dbname=y") == ("localhost", 5432)  # pylint: disable=protected-access
-    assert stack._dsn_host_port("postgresql://u:p@10.0.0.5:5433/db") == ("10.0.0.5", 5433)  # pylint: disable=protected-access
+    host_port = stack._dsn_host_port  # pylint: disable=protected-access
+    assert host_port("host=db.local port=6543 user=x dbname=y") == ("db.local", 6543)
+    assert host_port("dbname=y") == ("localhost", 5432)
+    assert host_port("postgresql://u:p@10.0.0.5:5433/db") == ("10.0.0.5", 5433)

@@ -39,6 +39,17 @@ def page(tmp_path):
             context.close()
 
 
+class Requests:
+    """The requests a page sends, as Playwright sees them."""
+
+    def __init__(self, page):
+        self.sent: list[tuple[str, str]] = []
+        page.on("request", lambda request: self.sent.append((request.method, request.url)))
+
+    def count(self, method: str, part: str = "/uploads") -> int:
+        return len([url for verb, url in self.sent if verb == method and part in url])
+
+
 def squad_file(path, count: int) -> list[dict]:
     rows = squad_rows(count)
     path.write_bytes(csv_bytes(["id", "question", "context"], [[r["id"], r["question"], r["context"]] for r in rows]))
@@ -81,8 +92,7 @@ def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_
     first = squad_file(tmp_path / "first.csv", 30)
     squad_file(tmp_path / "second.csv", 5)
     (tmp_path / "bad.csv").write_bytes(b"id,question,text\n1,q,c\n")
-    posts, console = [], []
-    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    requests, console = Requests(page), []
     page.on("console", lambda message: console.append(message.text))
 
     page.goto(upload_stack.config.upload_url + "/")
@@ -92,7 +102,7 @@ def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_
     page.click("#upload-button")
     names = ["first.csv", "second.csv", "bad.csv"]
     wait_for_rows(page, names, FINAL, upload_stack)
-    assert len(posts) == 3, posts
+    assert requests.count("POST") == 3, requests.sent
 
     # Each row's final status, with its progress.
     first_row, second_row, bad_row = (row_state(page, n) for n in names)
@@ -103,12 +113,9 @@ def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_
     assert "missing column(s) context" in bad_row["detail"] and "Add the column(s) context" in bad_row["detail"]
 
     # Once everything is final, the page stops polling.
-    before = len([r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
-                  if "/uploads" in r])
+    before = requests.count("GET")
     time.sleep(3)
-    after = len([r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
-                 if "/uploads" in r])
-    assert after == before, "the page kept polling after every upload was final"
+    assert requests.count("GET") == before, "the page kept polling after every upload was final"
 
     # The history survives a reload, newest first (the three went up concurrently: order among them
     # is the server's), with the same statuses and progress.
@@ -172,26 +179,24 @@ def test_a_file_the_pipeline_never_picks_up_gets_a_clear_message_and_polling_sto
     page.click("#upload-button")
     page.wait_for_function("""() => { const tr = document.querySelector('tr.upload-row[data-filename="waiting.csv"]');
                                       return tr && tr.querySelector('.status.stalled'); }""", timeout=30_000)
+    requests = Requests(page)
     state = row_state(page, "waiting.csv")
     assert state["status"] == "uploaded" and state["label"] == "waiting for the pipeline"
     assert "has not picked this file up" in state["detail"] and "make run" in state["detail"]
     assert state["actions"] == ["Check again"]
 
-    def requests() -> int:
-        return len([r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
-                    if "/uploads" in r])
-    before = requests()
+    time.sleep(1)  # a poll already under way when the row turned stalled may still land
+    before = requests.count("GET")
     time.sleep(4)
-    assert requests() == before, "the page kept polling a stalled upload"
+    assert requests.count("GET") == before, "the page kept polling a stalled upload"
     page.click(f'{row(page, "waiting.csv")} button.check-again')
     page.wait_for_function("""() => document.querySelector('tr.upload-row[data-filename="waiting.csv"] .detail')
                                       .textContent.includes('checked again at')""")
-    assert requests() == before + 1
+    assert requests.count("GET") == before + 1
 
 
 def test_dropped_files_upload_and_a_file_over_the_limit_is_refused_before_it_is_sent(lonely_service, page):
-    posts = []
-    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    requests = Requests(page)
     page.goto(lonely_service + "/")
     assert page.text_content("#limit") == "2.0 KiB"
     page.evaluate("""() => {
@@ -204,4 +209,4 @@ def test_dropped_files_upload_and_a_file_over_the_limit_is_refused_before_it_is_
     wait_for_rows(page, ["dropped.csv"], ("uploaded",), timeout_ms=30_000)
     wait_for_rows(page, ["huge.csv"], ("rejected",), timeout_ms=30_000)
     assert "over the limit of 2.0 KiB" in row_state(page, "huge.csv")["detail"]
-    assert len(posts) == 1, "the file over the limit must not be sent"
+    assert requests.count("POST") == 1, "the file over the limit must not be sent"

@@ -152,3 +152,10 @@ def test_the_page_knows_the_upload_limit(make_client):
     page = make_client(max_upload_bytes=12345).get("/")
     assert 'data-max-upload-bytes="12345"' in page.text
     assert 'multiple' in page.text and 'id="drop-zone"' in page.text
+
+
+def test_the_readme_shows_the_uploads_table_as_the_service_creates_it():
+    from pathlib import Path
+    from upload_service.services.db import UPLOADS_SCHEMA
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert UPLOADS_SCHEMA.strip() in readme

@@ -68,7 +68,8 @@ def test_json_logs_are_one_cloud_logging_object_per_line(fake_gcs_url, tmp_path)
                                                                                    "good.csv")
     assert good["object"] == uploads["good"]["object"] and good_id in good["message"]
     bad = per_upload[uploads["bad"]["details"]["upload_id"]]
-    assert (bad["status"], bad["error"], bad["size_bytes"], bad["rows"]) == ("rejected", "missing_columns", len(BAD), None)
+    assert (bad["status"], bad["error"], bad["size_bytes"], bad["rows"]) == ("rejected", "missing_columns",
+                                                                             len(BAD), None)
 
 
 def test_text_logs_are_one_line_per_request_and_upload(fake_gcs_url, tmp_path):

@@ -28,9 +28,9 @@ UPLOADS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS qa_uploads (
     upload_id         TEXT        PRIMARY KEY,           -- 32 hex digits: the folder under the incoming prefix
     filename          TEXT        NOT NULL,              -- the sanitised file name
-    source_uri        TEXT,                              -- gs://bucket/<incoming prefix><upload_id>/<filename>; NULL if refused
+    source_uri        TEXT,                              -- gs://BUCKET/<prefix><upload_id>/<filename>; NULL if refused
     source_generation BIGINT,                            -- the object's generation; NULL if refused
-    size_bytes        BIGINT,                            -- bytes received; NULL when the body was cut off over the limit
+    size_bytes        BIGINT,                            -- bytes received; NULL if cut off over the limit
     row_count         INTEGER,                           -- data rows the service counted; NULL if refused
     rejected          TEXT,                              -- the error kind when the service refused the file, else NULL
     error             TEXT,                              -- why it was refused

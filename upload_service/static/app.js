@@ -135,7 +135,9 @@ async function uploadAll(files) {
 
 // ---------------------------------------------------------------------------- the history
 function progressOf(item) {
-  if (item.status === "uploading") return { value: item.sent || 0, max: 1, text: `sending ${Math.round((item.sent || 0) * 100)}%` };
+  if (item.status === "uploading") {
+    return { value: item.sent || 0, max: 1, text: `sending ${Math.round((item.sent || 0) * 100)}%` };
+  }
   if (item.status === "rejected" || item.status === "failed") return null;
   const total = item.row_count;
   if (total === null || total === undefined) return { value: 0, max: 1, text: "" };
