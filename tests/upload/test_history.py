@@ -159,3 +159,13 @@ def test_the_readme_shows_the_uploads_table_as_the_service_creates_it():
     from upload_service.services.db import UPLOADS_SCHEMA
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert UPLOADS_SCHEMA.strip() in readme
+
+
+def test_an_upload_is_dated_before_its_object_exists_so_never_after_the_pipeline_received_it(history_client):
+    from upload_service.services.gcs import make_client as gcs_client
+    client = history_client
+    accepted = post(client, "dated.csv", GOOD).json()
+    status = client.get(f"/uploads/{accepted['upload_id']}").json()
+    blob = gcs_client(client.settings.gcs_url).bucket(client.settings.bucket).get_blob(
+        accepted["object"].split("/", 3)[3])
+    assert datetime.datetime.fromisoformat(status["uploaded_at"]) <= blob.time_created

@@ -44,8 +44,8 @@ CREATE INDEX IF NOT EXISTS qa_uploads_newest_idx ON qa_uploads (uploaded_at DESC
 _UPLOADS_SCHEMA_LOCK_ID = 0x62716175706C64  # "bqaupld"
 
 RECORD_UPLOAD = """
-INSERT INTO qa_uploads (upload_id, filename, source_uri, source_generation, size_bytes, row_count)
-VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (upload_id) DO NOTHING
+INSERT INTO qa_uploads (upload_id, filename, source_uri, source_generation, size_bytes, row_count, uploaded_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (upload_id) DO NOTHING
 """
 
 RECORD_REJECTION = """
@@ -197,10 +197,16 @@ class Database:
             raise ApiError(503, "database_unavailable", f"PostgreSQL failed while {what}: {type(exc).__name__}",
                            hint="Try again in a moment; GET /readyz shows whether PostgreSQL is reachable.") from exc
 
-    def record_upload(self, upload_id: str, filename: str, uri: str, generation: int, size: int, rows: int) -> None:
-        """Adds a stored upload to the history."""
-        self._run(lambda conn: conn.execute(RECORD_UPLOAD, (upload_id, filename, uri, generation, size, rows)),
-                  "recording the upload")
+    def record_upload(self, upload_id: str, filename: str, uri: str, generation: int, size: int, rows: int,
+                      uploaded_at: datetime.datetime) -> None:
+        """Adds a stored upload to the history.
+
+        Args:
+            uploaded_at: when the object was about to be written; the row is inserted after the
+                write, by when the pipeline may already have recorded the file as received.
+        """
+        self._run(lambda conn: conn.execute(RECORD_UPLOAD, (upload_id, filename, uri, generation, size, rows,
+                                                            uploaded_at)), "recording the upload")
 
     def record_rejection(self, upload_id: str, filename: str, size: int | None, kind: str, message: str) -> None:
         """Adds a refused upload (nothing stored) to the history, with the reason."""

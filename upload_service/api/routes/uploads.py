@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import posixpath
 from typing import Annotated, Literal
@@ -57,9 +58,10 @@ def create_upload(request: Request, settings: SettingsDep, store: StoreDep, db: 
         raise
     name = object_name(settings.incoming_prefix, upload_id, file.filename)
     filename = posixpath.basename(name)
+    stored_at = datetime.datetime.now(datetime.timezone.utc)
     generation = store.create(name, data)
     try:
-        db.record_upload(upload_id, filename, store.uri(name), generation, size, rows)
+        db.record_upload(upload_id, filename, store.uri(name), generation, size, rows, stored_at)
     except ApiError as exc:
         # The object is stored and the pipeline answers it; only the history misses it, and
         # GET /uploads/{id} still finds it through the bucket and qa_files.
