@@ -36,6 +36,8 @@ UPLOAD = [
     "fastapi>=0.115,<1",
     "uvicorn[standard]>=0.30,<1",
     "python-multipart>=0.0.9",
+    # QA_LOG_FORMAT=json: one Cloud Logging JSON object per line.
+    "python-json-logger>=3.1,<5",
 ]
 
 DEV = [
@@ -65,4 +67,6 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=COMMON,
     extras_require={"pipeline": PIPELINE, "upload": UPLOAD, "dev": DEV},
+    # `beam-qa --help`: the pipeline's command line (needs the pipeline extra).
+    entry_points={"console_scripts": ["beam-qa = beam_qa.cli:console_main"]},
 )

@@ -1,15 +1,8 @@
-"""Entry point: ``python -m beam_qa [pipeline options]``."""
+"""Entry point: ``python -m beam_qa [options]`` (``--help`` lists them); see ``beam_qa/cli.py``."""
 
-import logging
+import sys
 
-from beam_qa.pipeline import run
-
-
-def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run()
-
+from beam_qa.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

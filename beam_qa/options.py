@@ -27,6 +27,8 @@ GPU_MAX_BATCH_SIZE = 256
 # and a 1,000-row file is spread over 16 units of work.
 DEFAULT_CHUNK_SIZE = 64
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 _SUBSCRIPTION_RE = re.compile(r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-\w.~+%]{2,254}$")
 
 
@@ -66,7 +68,13 @@ class QaOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        src = parser.add_argument_group("input")
+        # The groups `python -m beam_qa --help` shows, in this order (beam_qa/cli.py).
+        src = parser.add_argument_group("input", "Which files are read, and which are accepted.")
+        model = parser.add_argument_group("model", "The question-answering model and how it reads a context.")
+        out = parser.add_argument_group("outputs", "Where answers and failed files go.")
+        sink = parser.add_argument_group("PostgreSQL", "The database that receives qa_files and qa_answers.")
+        tuning = parser.add_argument_group("tuning", "Batching; the defaults come from benchmarks/throughput.py.")
+        status = parser.add_argument_group("logging and monitoring")
         src.add_argument(
             "--input_subscription",
             help="Pub/Sub subscription receiving the bucket's OBJECT_FINALIZE notifications "
@@ -90,15 +98,15 @@ class QaOptions(PipelineOptions):
         src.add_argument(
             "--incoming_prefix", default="incoming/",
             help="Only objects whose name starts with this prefix are processed (streaming).")
-        src.add_argument(
+        out.add_argument(
             "--answers_prefix", default="answers/",
             help="Where answers CSVs go: an object-name prefix in the source's bucket "
             "(or, for local sources, a directory relative to the input directory), "
             "or an absolute gs:// or local location.")
-        src.add_argument(
+        out.add_argument(
             "--error_prefix", default="errors/",
             help="Where files that cannot be processed are moved; same forms as --answers_prefix.")
-        src.add_argument(
+        out.add_argument(
             "--keep_source", nargs="?", const=True, default=False, type=_flag,
             help="Do not delete or move source files after processing (bounded backfills).")
         src.add_argument(
@@ -111,12 +119,7 @@ class QaOptions(PipelineOptions):
             "--max_context_chars", type=_positive_int, default=DEFAULT_MAX_CONTEXT_CHARS,
             help="A row whose context has more characters than this is a row error (the rest of its "
             f"file is answered). Default: {DEFAULT_MAX_CONTEXT_CHARS:,}, about 100 windows of 384 tokens.")
-        src.add_argument(
-            "--chunk_size", type=_positive_int, default=DEFAULT_CHUNK_SIZE,
-            help="Rows per chunk: a file's rows are cut into chunks that are spread over workers and "
-            f"committed to PostgreSQL together. Default: {DEFAULT_CHUNK_SIZE} (README \"Scaling out\").")
 
-        model = parser.add_argument_group("model")
         model.add_argument(
             "--model", default=None,
             help="Hugging Face model id, local directory or gs:// directory of an extractive "
@@ -143,28 +146,32 @@ class QaOptions(PipelineOptions):
                            help="Overlap in tokens between windows of a long context.")
         model.add_argument("--max_answer_len", type=_positive_int, default=15,
                            help="Longest answer span in tokens.")
-        model.add_argument(
+        tuning.add_argument(
+            "--chunk_size", type=_positive_int, default=DEFAULT_CHUNK_SIZE,
+            help="Rows per chunk: a file's rows are cut into chunks that are spread over workers and "
+            f"committed to PostgreSQL together. Default: {DEFAULT_CHUNK_SIZE} (README \"Scaling out\").")
+        tuning.add_argument(
             "--min_batch_size", type=_positive_int, default=None,
             help="Smallest RunInference batch. Default: --max_batch_size, so that every batch is full "
             "while rows are waiting (a bundle's last batch may be smaller).")
-        model.add_argument(
+        tuning.add_argument(
             "--max_batch_size", type=_positive_int, default=None,
             help=f"Largest RunInference batch (rows). Default: {CPU_MAX_BATCH_SIZE}, or "
             f"{GPU_MAX_BATCH_SIZE} with --device cuda (a GPU wants large batches).")
-        model.add_argument(
+        tuning.add_argument(
             "--max_batch_duration_secs", type=_positive_float, default=None,
             help="Streaming: longest time a row waits for its batch to fill (stateful batching across "
             "bundles). Unset: batches are formed within each bundle, which holds whole chunks.")
-        model.add_argument(
+        tuning.add_argument(
             "--inference_threads", type=int, default=0,
             help="Intra-op threads per model call. 0 (default): the usable CPUs divided by the model "
             "calls that run at once in a worker process (--direct_num_workers locally; on Dataflow 1, "
             "as it runs one SDK process per vCPU, unless no_use_multiple_sdk_containers is set).")
 
-        sink = parser.add_argument_group("sinks")
         sink.add_argument(
             "--pg_dsn", default=None,
-            help="PostgreSQL connection string (libpq form or URL) for qa_answers/qa_files.")
+            help="PostgreSQL connection string (libpq form or URL) for qa_answers/qa_files. "
+            "Default: $QA_PG_DSN; one of the two is required.")
         sink.add_argument(
             "--pg_password_secret", default=None,
             help="Secret Manager secret version holding the PostgreSQL password "
@@ -179,15 +186,19 @@ class QaOptions(PipelineOptions):
             help="How long an attempt at a file holds it without a heartbeat. The worker that started "
             "it renews the lease every third of this while it lives; a new attempt (sweeper, repeated "
             "notification) starts only once it has expired.")
-        sink.add_argument(
+        src.add_argument(
             "--gcs_anonymous", nargs="?", const=True, default=False, type=_flag,
             help="Use an anonymous GCS client (emulators). Implied when STORAGE_EMULATOR_HOST is set.")
 
-        status = parser.add_argument_group("monitoring")
         status.add_argument(
             "--status_interval_secs", type=_non_negative_float, default=30.0,
             help="Local runs: log a one-line status (files, rows, rows/s, latency) every N "
             "seconds; 0 turns it off. On Dataflow the same figures are the job's metrics.")
+        status.add_argument(
+            "--log_level", type=str.upper, choices=LOG_LEVELS, default="INFO",
+            help="Log level of python -m beam_qa (the launcher, and the whole pipeline when it runs "
+            "locally). DEBUG also prints the traceback behind a usage error. Dataflow workers "
+            "use Beam's --default_sdk_harness_log_level.")
 
     def validate_qa(self) -> None:
         """Checks the combination of options; raises ValueError with what to change.

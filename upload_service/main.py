@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from upload_service.api.routes import health, uploads, web
-from upload_service.core.config import get_settings
+from upload_service.core.config import CLOUD_RUN_MAX_UPLOAD_BYTES, MULTIPART_OVERHEAD_BYTES, get_settings, on_cloud_run
 from upload_service.core.errors import error_response, install_error_handlers
+from upload_service.core.logs import RequestLogMiddleware, configure_logging
 from upload_service.services.validation import too_large
-
-# Room for the multipart boundary and part headers around the file itself.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 DESCRIPTION = """\
 Upload `question,context` CSV files for the beam-qa pipeline, follow their status and fetch the answers.
@@ -66,9 +65,30 @@ class UploadSizeLimit:
         await self.app(scope, capped_receive, send)
 
 
+_LOGGER = logging.getLogger(__name__)
+
+
+def _settings_of(app: FastAPI):
+    return app.dependency_overrides.get(get_settings, get_settings)()
+
+
+def _warn_about_cloud_run_limit(max_upload_bytes: int) -> None:
+    if on_cloud_run() and max_upload_bytes > CLOUD_RUN_MAX_UPLOAD_BYTES:
+        _LOGGER.warning("QA_MAX_UPLOAD_BYTES=%d is more than Cloud Run lets through (%d with the multipart "
+                        "envelope under its 32 MiB request cap): larger files get Cloud Run's own 413 page, not "
+                        "this service's error. Unset it, or upload large files straight to the bucket (README).",
+                        max_upload_bytes, CLOUD_RUN_MAX_UPLOAD_BYTES)
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI):
     app.state.clients = {}
+    if app.state.configure_logging:
+        # For `uvicorn upload_service.main:app`; `python -m upload_service` configured it before
+        # uvicorn's own first lines (upload_service/__main__.py).
+        settings = _settings_of(app)
+        configure_logging(settings.log_format, settings.log_level)
+        _warn_about_cloud_run_limit(settings.max_upload_bytes)
     try:
         yield
     finally:
@@ -77,10 +97,16 @@ async def _lifespan(app: FastAPI):
         app.state.clients.clear()
 
 
-def create_app() -> FastAPI:
-    """Builds the app. Reads no settings: they come through ``get_settings`` per request."""
+def create_app(*, configure_logs: bool = False) -> FastAPI:
+    """Builds the app. Reads no settings: they come through ``get_settings`` per request.
+
+    Args:
+        configure_logs: at start-up, set up the process's logging from ``QA_LOG_FORMAT`` and
+            ``QA_LOG_LEVEL`` (the served app does; tests keep pytest's logging).
+    """
     app = FastAPI(title="beam-qa upload service", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     app.state.clients = {}
+    app.state.configure_logging = configure_logs
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)
@@ -88,7 +114,9 @@ def create_app() -> FastAPI:
     static = resources.files("upload_service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_middleware(UploadSizeLimit, fastapi_app=app, path="/uploads")
+    # Added last, so it is outermost: it also logs the requests the size cap refuses.
+    app.add_middleware(RequestLogMiddleware)
     return app
 
 
-app = create_app()
+app = create_app(configure_logs=True)

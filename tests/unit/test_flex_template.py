@@ -88,6 +88,7 @@ CASES: dict[str, tuple[list[str], list[tuple[str, str | None]]]] = {
         [("projects/my-project/secrets/beam-qa-pg-password", None), ("beam-qa-pg-password", None)]),
     "gcs_anonymous": (["true", "false"], [("anonymous", None)]),
     "status_interval_secs": (["0", "30", "2.5"], [("-30", None), ("30s", None)]),
+    "log_level": (["INFO", "DEBUG", "WARNING"], [("verbose", None), ("", "empty")]),
 }
 
 BASE_STREAMING = [f"--input_subscription={SUBSCRIPTION}", "--input_bucket=my-qa-bucket", "--pg_dsn=dbname=x",

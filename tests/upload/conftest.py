@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
 
 import pytest
 
 from beam_qa.dev.stack import _http, _port_open, fake_gcs_binary
 from tests.conftest import fresh_database
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -109,3 +116,88 @@ def upload_stack(tmp_path_factory, tiny_model):
 def log_tail(stack, name: str, chars: int = 3000) -> str:
     path = stack.config.run_dir / f"{name}.log"
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+@contextlib.contextmanager
+def served(fake_gcs_url: str, log_path: Path, database: str = "beam_qa_upload_served", **env: str) -> Iterator[str]:
+    """``python -m upload_service`` (as deployed) on a free port, with its own bucket and database and
+    no pipeline; yields its URL, its output goes to ``log_path``; ``env`` adds QA_* settings."""
+    bucket = f"qa-log-{os.urandom(4).hex()}"
+    create_bucket(fake_gcs_url, bucket)
+    port = free_port()
+    environment = {**os.environ, "QA_BUCKET": bucket, "QA_GCS_URL": fake_gcs_url,
+                   "QA_PG_DSN": fresh_database(database), "QA_UPLOAD_PORT": str(port), **env}
+    environment.pop("K_SERVICE", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "upload_service"], stdout=log, stderr=subprocess.STDOUT,
+                                env=environment, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class PipelineRecords:
+    """Writes qa_files/qa_answers for one uploaded object with the pipeline's own store, step by step.
+
+    Args:
+        dsn: the database the upload service reads.
+        accepted: the JSON of the upload's 201 response.
+        bucket: the bucket name.
+    """
+
+    def __init__(self, dsn: str, accepted: dict, bucket: str):
+        from beam_qa.records import FileEvent
+        root = f"gs://{bucket}/"
+        self.event = FileEvent(accepted["object"], accepted["generation"], accepted["size"], root,
+                               accepted["object"][len(root):], 0.0, "test")
+        self._dsn = dsn
+        self.attempt = None
+
+    def _store(self):
+        from beam_qa import clients
+        from beam_qa.settings import PostgresSettings
+        return clients.postgres(PostgresSettings(self._dsn, retry_secs=10))
+
+    def received(self, row_count: int, chunks: int = 1) -> None:
+        from beam_qa import clients
+        try:
+            store = self._store()
+            self.attempt = store.claim(self.event)
+            assert store.record_manifest(self.event, self.attempt, ["id", "question", "context"], row_count, chunks)
+        finally:
+            clients.close_all()
+
+    def commit(self, rows: list[tuple], row_count: int):
+        """``rows``: ``(row_index, id, question, context, answer, score, start, end, error)``; one chunk."""
+        from beam_qa import clients
+        from beam_qa.records import ChunkRow, RowOutcome
+        outcomes = [RowOutcome(self.event, self.attempt, 0, 0, row_count,
+                               ChunkRow(index, question, context, row_id, "", (row_id,)),
+                               answer=answer, score=score, start=start, end=end, error=error or "", model="t")
+                    for index, row_id, question, context, answer, score, start, end, error in rows]
+        try:
+            return self._store().commit_rows(outcomes)
+        finally:
+            clients.close_all()
+
+    def done(self, row_count: int, errors: int, output_uri: str) -> None:
+        from beam_qa import clients
+        from beam_qa.records import AnsweredFile
+        try:
+            assert self._store().mark_done(AnsweredFile(self.event, self.attempt, row_count, errors, output_uri,
+                                                        "t")) is not None
+        finally:
+            clients.close_all()

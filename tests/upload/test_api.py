@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -41,10 +42,14 @@ def test_accepted_upload_lands_in_the_bucket_with_its_name_and_content(make_clie
 
     status = client.get(f"/uploads/{upload_id}")
     assert status.status_code == 200, status.text
-    assert status.json() | {} == {
+    uploaded_at = status.json().pop("uploaded_at")
+    assert datetime.datetime.fromisoformat(uploaded_at) > datetime.datetime.now(datetime.timezone.utc) - \
+        datetime.timedelta(minutes=5)
+    assert status.json() | {"uploaded_at": None} == {
         "upload_id": upload_id, "status": "uploaded", "object": body["object"], "generation": body["generation"],
-        "filename": "questions.csv", "row_count": None, "answered_count": 0, "error_count": 0, "error": None,
-        "answers_csv": None, "answers_url": None, "received_at": None, "completed_at": None}
+        "filename": "questions.csv", "size": len(GOOD), "row_count": 2, "processed_count": 0, "answered_count": 0,
+        "error_count": 0, "error": None, "stalled": False, "note": None, "answers_csv": None, "answers_url": None,
+        "uploaded_at": None, "received_at": None, "completed_at": None}
     not_ready = client.get(f"/uploads/{upload_id}/answers")
     assert not_ready.status_code == 409 and not_ready.json()["error"] == "not_ready"
 
@@ -107,12 +112,14 @@ def test_each_rejection_is_a_documented_4xx_and_writes_nothing(make_client, case
 
 def test_rejection_details_name_the_missing_column_and_the_limits(make_client):
     missing = post(make_client(), "m.csv", b"Question,text\nq,c\n").json()
+    upload_id = missing["details"].pop("upload_id")
+    assert re.fullmatch(r"[0-9a-f]{32}", upload_id), "a rejection names its entry in the history"
     assert missing["details"] == {"missing": ["context"], "required": ["question", "context"]}
     assert "context" in missing["hint"]
     rows = post(make_client(max_rows=1), "r.csv", csv_bytes(["question", "context"], [["q", "c"]] * 2)).json()
-    assert rows["details"] == {"limit_rows": 1}
+    assert rows["details"] | {"upload_id": None} == {"limit_rows": 1, "upload_id": None}
     size = post(make_client(max_upload_bytes=10), "s.csv", GOOD).json()
-    assert size["details"] == {"limit_bytes": 10}
+    assert size["details"] | {"upload_id": None} == {"limit_bytes": 10, "upload_id": None}
 
 
 def test_an_oversized_body_is_cut_off_before_it_is_read_whole(make_client):

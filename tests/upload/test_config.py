@@ -51,3 +51,41 @@ def test_get_settings_is_cached_and_lazy(monkeypatch):
         assert get_settings().bucket == "lazy"
     finally:
         get_settings.cache_clear()
+
+
+def test_on_cloud_run_the_default_limit_fits_under_its_32_mib_request_cap(monkeypatch, caplog):
+    from upload_service.core.config import CLOUD_RUN_MAX_UPLOAD_BYTES, MULTIPART_OVERHEAD_BYTES
+    from upload_service.main import _warn_about_cloud_run_limit  # pylint: disable=protected-access
+    monkeypatch.delenv("QA_MAX_UPLOAD_BYTES", raising=False)
+    monkeypatch.delenv("K_SERVICE", raising=False)
+    assert Settings().max_upload_bytes == 50 * 2**20
+    monkeypatch.setenv("K_SERVICE", "beam-qa-upload")
+    assert Settings().max_upload_bytes == CLOUD_RUN_MAX_UPLOAD_BYTES == 32 * 2**20 - MULTIPART_OVERHEAD_BYTES
+    monkeypatch.setenv("QA_MAX_UPLOAD_BYTES", str(50 * 2**20))
+    assert Settings().max_upload_bytes == 50 * 2**20  # an explicit value wins, with a warning at start-up
+    with caplog.at_level("WARNING"):
+        _warn_about_cloud_run_limit(Settings().max_upload_bytes)
+        _warn_about_cloud_run_limit(CLOUD_RUN_MAX_UPLOAD_BYTES)
+    assert len(caplog.records) == 1 and "Cloud Run" in caplog.records[0].getMessage()
+
+
+def test_log_settings(monkeypatch):
+    monkeypatch.setenv("QA_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("QA_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert (settings.log_format, settings.log_level) == ("json", "DEBUG")
+    monkeypatch.setenv("QA_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_the_served_app_refuses_bad_settings_with_one_line(monkeypatch, capsys):
+    from upload_service.__main__ import main
+    get_settings.cache_clear()
+    monkeypatch.setenv("QA_LOG_FORMAT", "xml")
+    try:
+        assert main(["--port", "1"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: invalid settings: QA_LOG_FORMAT")

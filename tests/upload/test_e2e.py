@@ -47,7 +47,7 @@ def test_upload_is_answered_and_the_answers_come_back(upload_stack):
         assert done["seen"][-1] == "done" and set(done["seen"]) <= {"uploaded", "received", "done"}
         assert (done["row_count"], done["answered_count"], done["error_count"]) == (12, 12, 0)
         assert done["generation"] == body["generation"] and done["object"] == body["object"]
-        assert done["answers_csv"] == f"gs://qa-upload-e2e/answers/{upload_id}/squad.answers.csv"
+        assert done["answers_csv"] == f"gs://qa-upload-e2e/answers/{upload_id}/squad.{body['generation']}.answers.csv"
         assert query(upload_stack.config.pg_dsn, "SELECT status, row_count FROM qa_files WHERE source_uri = %s "
                      "AND source_generation = %s", (body["object"], body["generation"])) == [("done", 12)]
 

@@ -31,8 +31,8 @@ def api_schema(fake_gcs_url, upload_db):
 
 # Schemathesis' own pytest loader (from_fixture) does not work with pytest 9, so each operation's
 # Hypothesis strategy is driven directly.
-OPERATIONS = [("POST", "/uploads"), ("GET", "/uploads/{upload_id}"), ("GET", "/uploads/{upload_id}/answers"),
-              ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/")]
+OPERATIONS = [("POST", "/uploads"), ("GET", "/uploads"), ("GET", "/uploads/{upload_id}"),
+              ("GET", "/uploads/{upload_id}/answers"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/")]
 
 
 def test_every_operation_is_covered(api_schema):

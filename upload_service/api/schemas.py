@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-UploadState = Literal["uploaded", "received", "done", "failed"]
+UploadState = Literal["uploaded", "received", "done", "failed", "rejected"]
 
 
 class UploadAccepted(BaseModel):
@@ -28,23 +28,42 @@ class UploadStatus(BaseModel):
     """Where an upload is.
 
     `uploaded`: stored, the pipeline has not recorded it yet. `received`: the pipeline parsed it and
-    is answering. `done`: answers are in PostgreSQL and the answers CSV. `failed`: the pipeline
-    rejected the file; `error` says why.
+    is answering (`processed_count` of `row_count` rows so far). `done`: answers are in PostgreSQL
+    and the answers CSV. `failed`: the pipeline rejected the file; `error` says why. `rejected`: the
+    service refused the file and stored nothing; `error` says why.
     """
 
     upload_id: str
     status: UploadState
-    object: str = Field(description="The uploaded object (gs:// URI).")
-    generation: int
     filename: str
-    row_count: int | None = Field(default=None, description="Data rows (known once received).")
+    object: str | None = Field(default=None, description="The uploaded object (gs:// URI); null if rejected.")
+    generation: int | None = Field(default=None, description="The object's generation; null if rejected.")
+    size: int | None = Field(default=None, description="Bytes uploaded (null when unknown).")
+    row_count: int | None = Field(default=None, description="Data rows in the file.")
+    processed_count: int = Field(default=0, description="Rows the pipeline has answered so far, with or without "
+                                                        "a row error; reaches row_count when done.")
     answered_count: int = Field(default=0, description="Rows with an answer.")
     error_count: int = Field(default=0, description="Rows with a row error (empty question, ...).")
-    error: str | None = Field(default=None, description="Why the file failed (status failed).")
+    error: str | None = Field(default=None, description="Why the file failed or was rejected.")
+    stalled: bool = Field(default=False, description="Still `uploaded` after QA_STALL_AFTER_SECS: the pipeline "
+                                                     "has not picked the file up (is it running?).")
+    note: str | None = Field(default=None, description="What to do about a stalled upload.")
     answers_csv: str | None = Field(default=None, description="gs:// URI of the answers CSV (status done).")
     answers_url: str | None = Field(default=None, description="GET /uploads/{upload_id}/answers (status done).")
+    uploaded_at: datetime.datetime | None = Field(default=None, description="When the service stored or refused "
+                                                                            "it (null for objects written "
+                                                                            "straight to the bucket).")
     received_at: datetime.datetime | None = None
     completed_at: datetime.datetime | None = None
+
+
+class UploadList(BaseModel):
+    """A page of the upload history, newest first."""
+
+    uploads: list[UploadStatus]
+    limit: int
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next (older) page; "
+                                                              "null on the last page.")
 
 
 class Answer(BaseModel):

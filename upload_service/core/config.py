@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,6 +13,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # that a file this service accepts is one the pipeline accepts.
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_ROWS = 200_000
+
+# Room for the multipart boundary and part headers around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+# Cloud Run refuses an HTTP/1 request body over 32 MiB with its own HTML 413, before the service
+# sees it (https://cloud.google.com/run/quotas, "Maximum HTTP/1 server request size"). On Cloud
+# Run the default file limit leaves room for the multipart envelope under that cap.
+CLOUD_RUN_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+CLOUD_RUN_MAX_UPLOAD_BYTES = CLOUD_RUN_MAX_REQUEST_BYTES - MULTIPART_OVERHEAD_BYTES
+
+
+def on_cloud_run() -> bool:
+    """Cloud Run sets ``K_SERVICE`` in every service container."""
+    return bool(os.environ.get("K_SERVICE"))
+
+
+def default_max_upload_bytes() -> int:
+    """The pipeline's limit, or on Cloud Run the largest file its request cap lets through."""
+    return CLOUD_RUN_MAX_UPLOAD_BYTES if on_cloud_run() else DEFAULT_MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
@@ -24,9 +45,14 @@ class Settings(BaseSettings):
             is then anonymous. Empty means real GCS with application default credentials.
         api_token: when set, every endpoint except the health checks needs
             ``Authorization: Bearer <token>``.
-        max_upload_bytes: larger files are rejected with 413.
+        max_upload_bytes: larger files are rejected with 413 (default: the pipeline's 50 MiB; on
+            Cloud Run 32 MiB minus 64 KiB, see ``CLOUD_RUN_MAX_UPLOAD_BYTES``).
         max_rows: files with more data rows are rejected with 422.
         backend_timeout_secs: how long one GCS or PostgreSQL call may take.
+        stall_after_secs: an upload the pipeline has not recorded after this long is reported as
+            stalled (``stalled``, ``note``), and the web page stops polling it.
+        log_format: ``text`` (one line per record) or ``json`` (Cloud Logging's structured JSON).
+        log_level: the service's log level.
     """
 
     model_config = SettingsConfigDict(env_prefix="QA_", extra="ignore", populate_by_name=True)
@@ -37,9 +63,19 @@ class Settings(BaseSettings):
     gcs_url: str | None = Field(default=None, validation_alias=AliasChoices("QA_GCS_URL", "STORAGE_EMULATOR_HOST",
                                                                             "gcs_url"))
     api_token: SecretStr | None = None
-    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, gt=0)
+    max_upload_bytes: int = Field(default_factory=default_max_upload_bytes, gt=0)
     max_rows: int = Field(default=DEFAULT_MAX_ROWS, gt=0)
     backend_timeout_secs: float = Field(default=10.0, gt=0)
+    stall_after_secs: float = Field(default=60.0, gt=0)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value, info):
+        if not isinstance(value, str):
+            return value
+        return value.lower() if info.field_name == "log_format" else value.upper()
 
     @field_validator("incoming_prefix")
     @classmethod

@@ -45,6 +45,16 @@ def sanitise_filename(name: str) -> str:
     return stem + ".csv"
 
 
+def display_name(name: str | None) -> str:
+    """The client's file name for the history of a refused upload: never part of a path.
+
+    The last segment, printable, at most 120 characters (``"../Q 1.xlsx"`` -> ``"Q 1.xlsx"``).
+    """
+    base = re.split(r"[/\\]", unicodedata.normalize("NFKC", name or ""))[-1]
+    base = "".join(ch if ch.isprintable() else "_" for ch in base).strip()
+    return base[:MAX_NAME_CHARS] or "upload"
+
+
 def object_name(incoming_prefix: str, upload_id: str, filename: str) -> str:
     """``<incoming prefix><upload id>/<sanitised name>``."""
     return f"{incoming_prefix}{upload_id}/{sanitise_filename(filename)}"

@@ -1,4 +1,10 @@
-"""PostgreSQL reads for upload status and answers (tables written by the pipeline)."""
+"""PostgreSQL for the upload service: its own ``qa_uploads`` table, and the pipeline's tables read.
+
+``qa_uploads`` is the service's record of every upload it stored or refused, so that the history
+(``GET /uploads``) lists a file before the pipeline has recorded it (``uploaded``: no ``qa_files``
+row yet) and after the pipeline deleted its object. The pipeline never reads or writes it; the
+pipeline's own tables (``qa_files``, ``qa_answers``) are only read here.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,70 @@ from upload_service.core.errors import ApiError
 _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Created by this service (not by the pipeline), under its own advisory lock so that several
+# instances starting at once do not collide; documented beside the pipeline's tables in
+# README "PostgreSQL schema" (the pipeline's tables are beam_qa/sql/migrations/).
+UPLOADS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS qa_uploads (
+    upload_id         TEXT        PRIMARY KEY,           -- 32 hex digits: the folder under the incoming prefix
+    filename          TEXT        NOT NULL,              -- the sanitised file name
+    source_uri        TEXT,                              -- gs://BUCKET/<prefix><upload_id>/<filename>; NULL if refused
+    source_generation BIGINT,                            -- the object's generation; NULL if refused
+    size_bytes        BIGINT,                            -- bytes received; NULL if cut off over the limit
+    row_count         INTEGER,                           -- data rows the service counted; NULL if refused
+    rejected          TEXT,                              -- the error kind when the service refused the file, else NULL
+    error             TEXT,                              -- why it was refused
+    uploaded_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- GET /uploads pages newest first by (uploaded_at, upload_id).
+CREATE INDEX IF NOT EXISTS qa_uploads_newest_idx ON qa_uploads (uploaded_at DESC, upload_id DESC);
+"""
+
+# Any fixed number, distinct from the pipeline's schema lock (beam_qa/sinks/postgres.py).
+_UPLOADS_SCHEMA_LOCK_ID = 0x62716175706C64  # "bqaupld"
+
+RECORD_UPLOAD = """
+INSERT INTO qa_uploads (upload_id, filename, source_uri, source_generation, size_bytes, row_count, uploaded_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (upload_id) DO NOTHING
+"""
+
+RECORD_REJECTION = """
+INSERT INTO qa_uploads (upload_id, filename, size_bytes, rejected, error)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT (upload_id) DO NOTHING
+"""
+
+# One upload with the pipeline's view of it: its qa_files row (the exact object version) and
+# how many of its rows qa_answers holds, which grows while the file is `received` (the
+# pipeline commits answers chunk by chunk). `stalled`: not recorded by the pipeline in time.
+UPLOAD_VIEW = """
+SELECT u.upload_id, u.filename, u.source_uri, u.source_generation, u.size_bytes, u.row_count, u.rejected,
+       u.error, u.uploaded_at, f.status, f.row_count, f.error, f.output_uri, f.received_at, f.completed_at,
+       a.processed, a.answered, a.errored,
+       (u.rejected IS NULL AND f.status IS NULL
+        AND u.uploaded_at < now() - make_interval(secs => %(stall_secs)s)) AS stalled
+FROM qa_uploads u
+LEFT JOIN qa_files f ON f.source_uri = u.source_uri AND f.source_generation = u.source_generation
+LEFT JOIN LATERAL (
+    SELECT count(*) AS processed, count(q.answer) AS answered, count(q.error) AS errored
+    FROM qa_answers q WHERE q.source_uri = u.source_uri AND q.source_generation = u.source_generation
+) a ON u.source_uri IS NOT NULL
+"""
+
+GET_UPLOAD = UPLOAD_VIEW + "WHERE u.upload_id = %(upload_id)s"
+
+NEWEST_FIRST = """
+ORDER BY u.uploaded_at DESC, u.upload_id DESC
+LIMIT %(limit)s
+"""
+
+LIST_UPLOADS = UPLOAD_VIEW + NEWEST_FIRST
+
+# Keyset paging: the page after the (uploaded_at, upload_id) of the previous page's last item,
+# which the index qa_uploads_newest_idx serves without sorting the whole table.
+LIST_UPLOADS_AFTER = UPLOAD_VIEW + """
+WHERE (u.uploaded_at, u.upload_id) < (%(after_at)s, %(after_id)s)
+""" + NEWEST_FIRST
 
 FIND_FILE = """
 SELECT source_uri, source_generation, status, row_count, error, output_uri, received_at, completed_at
@@ -45,6 +115,31 @@ class FileRecord:
     output_uri: str | None
     received_at: datetime.datetime | None
     completed_at: datetime.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadRecord:
+    """One ``qa_uploads`` row joined with the pipeline's record of the same object version."""
+
+    upload_id: str
+    filename: str
+    source_uri: str | None
+    source_generation: int | None
+    size_bytes: int | None
+    uploaded_rows: int | None
+    rejected: str | None
+    rejection: str | None
+    uploaded_at: datetime.datetime
+    status: str | None  # the pipeline's qa_files.status, None before it recorded the file
+    row_count: int | None
+    error: str | None
+    output_uri: str | None
+    received_at: datetime.datetime | None
+    completed_at: datetime.datetime | None
+    processed: int | None
+    answered: int | None
+    errored: int | None
+    stalled: bool
 
 
 def like_prefix(prefix: str) -> str:
@@ -94,12 +189,46 @@ class Database:
                     # come from the same idempotent schema file, under the pipeline's lock.
                     from beam_qa.sinks.postgres import ensure_schema
                     ensure_schema(conn)
+                    ensure_uploads_schema(conn)
                     self._schema_ready = True
                 return work(conn)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             _LOGGER.warning("PostgreSQL failed while %s: %s", what, exc)
             raise ApiError(503, "database_unavailable", f"PostgreSQL failed while {what}: {type(exc).__name__}",
                            hint="Try again in a moment; GET /readyz shows whether PostgreSQL is reachable.") from exc
+
+    def record_upload(self, upload_id: str, filename: str, uri: str, generation: int, size: int, rows: int,
+                      uploaded_at: datetime.datetime) -> None:
+        """Adds a stored upload to the history.
+
+        Args:
+            uploaded_at: when the object was about to be written; the row is inserted after the
+                write, by when the pipeline may already have recorded the file as received.
+        """
+        self._run(lambda conn: conn.execute(RECORD_UPLOAD, (upload_id, filename, uri, generation, size, rows,
+                                                            uploaded_at)), "recording the upload")
+
+    def record_rejection(self, upload_id: str, filename: str, size: int | None, kind: str, message: str) -> None:
+        """Adds a refused upload (nothing stored) to the history, with the reason."""
+        self._run(lambda conn: conn.execute(RECORD_REJECTION, (upload_id, filename, size, kind, message)),
+                  "recording the rejected upload")
+
+    def get_upload(self, upload_id: str, stall_secs: float) -> UploadRecord | None:
+        """The history entry of one upload, or None if the service has no record of it."""
+        row = self._run(lambda conn: conn.execute(GET_UPLOAD, {"upload_id": upload_id, "stall_secs": stall_secs})
+                        .fetchone(), "looking up the upload")
+        return UploadRecord(*row) if row else None
+
+    def list_uploads(self, limit: int, stall_secs: float,
+                     after: tuple[datetime.datetime, str] | None = None) -> list[UploadRecord]:
+        """Up to ``limit`` uploads, newest first, after the ``(uploaded_at, upload_id)`` of ``after``."""
+        params = {"limit": limit, "stall_secs": stall_secs}
+        query = LIST_UPLOADS
+        if after is not None:
+            query = LIST_UPLOADS_AFTER
+            params.update(after_at=after[0], after_id=after[1])
+        rows = self._run(lambda conn: conn.execute(query, params).fetchall(), "listing uploads")
+        return [UploadRecord(*row) for row in rows]
 
     def ping(self) -> None:
         self._run(lambda conn: conn.execute("SELECT 1").fetchone(), "checking readiness")
@@ -122,3 +251,10 @@ class Database:
             names = [col.name for col in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
         return self._run(work, "reading answers")
+
+
+def ensure_uploads_schema(conn) -> None:
+    """Creates ``qa_uploads`` if missing; safe when several service instances do it at once."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_UPLOADS_SCHEMA_LOCK_ID,))
+        conn.execute(UPLOADS_SCHEMA)

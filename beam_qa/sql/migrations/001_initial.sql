@@ -36,3 +36,10 @@ CREATE INDEX IF NOT EXISTS qa_files_status_idx ON qa_files (status);
 -- The upload service finds a file by its object-name prefix (incoming/<upload_id>/):
 -- LIKE 'prefix%' uses this index whatever the database's collation.
 CREATE INDEX IF NOT EXISTS qa_files_source_uri_prefix_idx ON qa_files (source_uri text_pattern_ops);
+
+-- Not created here: the upload service creates and writes its own table, qa_uploads
+-- (upload_service/services/db.py, UPLOADS_SCHEMA), the history behind GET /uploads. One row per
+-- file it stored or refused: upload_id (32 hex digits, the folder under the incoming prefix),
+-- filename, source_uri and source_generation (the object; NULL if refused, and joined to
+-- qa_files on both), size_bytes, row_count, rejected (the error kind) and error when refused,
+-- uploaded_at. The pipeline neither reads nor writes it.

@@ -1,7 +1,8 @@
-"""POST /uploads, GET /uploads/{upload_id}, GET /uploads/{upload_id}/answers."""
+"""POST /uploads, GET /uploads (the history), GET /uploads/{upload_id}, GET /uploads/{upload_id}/answers."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import posixpath
 from typing import Annotated, Literal
@@ -10,11 +11,12 @@ from fastapi import APIRouter, File, Path, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from upload_service.api.deps import AuthDep, DatabaseDep, SettingsDep, StoreDep
-from upload_service.api.schemas import Answer, AnswersPage, UploadAccepted, UploadStatus
+from upload_service.api.schemas import Answer, AnswersPage, UploadAccepted, UploadList, UploadStatus
 from upload_service.core.config import Settings
+from upload_service.core.cursor import decode_cursor, encode_cursor
 from upload_service.core.errors import ApiError, error_responses
-from upload_service.core.naming import UPLOAD_ID_PATTERN, new_upload_id, object_name
-from upload_service.services.db import Database
+from upload_service.core.naming import UPLOAD_ID_PATTERN, display_name, new_upload_id, object_name
+from upload_service.services.db import Database, UploadRecord
 from upload_service.services.gcs import UploadStore
 from upload_service.services.validation import check_name, read_capped, validate_csv
 
@@ -25,32 +27,117 @@ router = APIRouter(prefix="/uploads", tags=["uploads"], dependencies=[AuthDep])
 UploadId = Annotated[str, Path(pattern=UPLOAD_ID_PATTERN, description="The id POST /uploads returned (32 hex digits).")]
 
 MAX_PAGE = 10_000
+MAX_HISTORY_PAGE = 100
+
+STALL_NOTE = ("The pipeline has not picked this file up after {secs:.0f} s. Is it running? Locally, make run "
+              "shows its log (also in .run/pipeline.log); on Dataflow, check the job. The file is kept in the "
+              "bucket and is answered once the pipeline runs.")
 
 
 @router.post("", status_code=201, response_model=UploadAccepted,
              responses=error_responses(401, 409, 413, 415, 422, 503),
              summary="Upload a question,context CSV")
-def create_upload(request: Request, settings: SettingsDep, store: StoreDep,
+def create_upload(request: Request, settings: SettingsDep, store: StoreDep, db: DatabaseDep,
                   file: Annotated[UploadFile, File(description="The CSV: UTF-8, a header with question and "
                                                                "context (id optional), one row per question.")]):
     """Checks the file with the pipeline's own rules, then stores it for the pipeline.
 
-    Nothing is written for a rejected file. The object is created with `ifGenerationMatch=0`
-    at `<incoming prefix><upload_id>/<sanitised name>`.
+    Nothing is written to the bucket for a rejected file; the rejection joins the history
+    (`GET /uploads`) with its reason, and its id is in the error's `details.upload_id`. The object
+    is created with `ifGenerationMatch=0` at `<incoming prefix><upload_id>/<sanitised name>`.
     """
-    check_name(file.filename)
-    data = read_capped(file.file, settings.max_upload_bytes)
-    rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows)
     upload_id = new_upload_id()
+    size = None
+    try:
+        check_name(file.filename)
+        data = read_capped(file.file, settings.max_upload_bytes)
+        size = len(data)
+        rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows)
+    except ApiError as exc:
+        _record_rejection(db, upload_id, display_name(file.filename), size, exc)
+        raise
     name = object_name(settings.incoming_prefix, upload_id, file.filename)
+    filename = posixpath.basename(name)
+    stored_at = datetime.datetime.now(datetime.timezone.utc)
     generation = store.create(name, data)
-    _LOGGER.info("stored upload %s as %s#%d (%d rows)", upload_id, store.uri(name), generation, rows)
+    try:
+        db.record_upload(upload_id, filename, store.uri(name), generation, size, rows, stored_at)
+    except ApiError as exc:
+        # The object is stored and the pipeline answers it; only the history misses it, and
+        # GET /uploads/{id} still finds it through the bucket and qa_files.
+        _LOGGER.error("upload %s stored as %s#%d but not recorded in qa_uploads: %s", upload_id, store.uri(name),
+                      generation, exc.body.message, extra={"upload_id": upload_id})
+    _LOGGER.info("upload %s uploaded: %s, %d bytes, %d rows -> %s#%d", upload_id, filename, size, rows,
+                 store.uri(name), generation,
+                 extra={"upload_id": upload_id, "file": filename, "size_bytes": size, "rows": rows,
+                        "status": "uploaded", "object": store.uri(name), "generation": generation})
     return UploadAccepted(upload_id=upload_id, object=store.uri(name), generation=generation,
-                          filename=posixpath.basename(name), size=len(data), row_count=rows,
+                          filename=filename, size=size, row_count=rows,
                           status_url=str(request.url_for("get_upload", upload_id=upload_id)))
 
 
+def _record_rejection(db: Database, upload_id: str, filename: str, size: int | None, exc: ApiError) -> None:
+    """Adds a refused file to the history and names it in the error; never hides the rejection."""
+    try:
+        db.record_rejection(upload_id, filename, size, exc.body.error, exc.body.message)
+        exc.body.details = {**(exc.body.details or {}), "upload_id": upload_id}
+    except ApiError as db_error:
+        _LOGGER.warning("rejected upload %s not recorded in qa_uploads: %s", upload_id, db_error.body.message)
+    _LOGGER.info("upload %s rejected: %s, %s bytes, %s: %s", upload_id, filename, "?" if size is None else size,
+                 exc.body.error, exc.body.message,
+                 extra={"upload_id": upload_id, "file": filename, "size_bytes": size, "rows": None,
+                        "status": "rejected", "error": exc.body.error})
+
+
+@router.get("", response_model=UploadList, responses=error_responses(401, 422, 503),
+            summary="The upload history, newest first")
+def list_uploads(request: Request, settings: SettingsDep, db: DatabaseDep,
+                 limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_PAGE, description="Uploads per page")] = 20,
+                 cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous "
+                                                                                 "page; omit for the newest")]
+                 = None):
+    """Every upload made through this service (stored or rejected), newest first, each with its
+    status and row counts, in pages of `limit`; `next_cursor` fetches the next (older) page."""
+    after = None
+    if cursor:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_cursor", "cursor is not one this service returned",
+                           hint="Pass the next_cursor of the previous page unchanged, or omit cursor for the "
+                                "newest uploads.") from exc
+    records = db.list_uploads(limit + 1, settings.stall_after_secs, after)
+    page = records[:limit]
+    next_cursor = encode_cursor(page[-1].uploaded_at, page[-1].upload_id) if len(records) > limit else None
+    return UploadList(uploads=[_with_links(request, _from_record(r, settings)) for r in page], limit=limit,
+                      next_cursor=next_cursor)
+
+
+def _from_record(record: UploadRecord, settings: Settings) -> UploadStatus:
+    status = "rejected" if record.rejected else record.status or "uploaded"
+    return UploadStatus(
+        upload_id=record.upload_id, status=status, filename=record.filename, object=record.source_uri,
+        generation=record.source_generation, size=record.size_bytes,
+        row_count=record.row_count if record.row_count is not None else record.uploaded_rows,
+        processed_count=record.processed or 0, answered_count=record.answered or 0,
+        error_count=record.errored or 0, error=record.rejection if record.rejected else record.error,
+        stalled=record.stalled, note=STALL_NOTE.format(secs=settings.stall_after_secs) if record.stalled else None,
+        answers_csv=record.output_uri if status == "done" else None, uploaded_at=record.uploaded_at,
+        received_at=record.received_at, completed_at=record.completed_at)
+
+
+def _with_links(request: Request, status: UploadStatus) -> UploadStatus:
+    if status.status == "done":
+        status.answers_url = str(request.url_for("get_answers", upload_id=status.upload_id))
+    return status
+
+
 def _resolve(upload_id: str, settings: Settings, store: UploadStore, db: Database) -> UploadStatus:
+    """The upload's status: from the history, or for an object written straight to the bucket
+    under ``<incoming prefix><upload_id>/``, from ``qa_files`` and the bucket."""
+    record = db.get_upload(upload_id, settings.stall_after_secs)
+    if record is not None:
+        return _from_record(record, settings)
     prefix = f"{settings.incoming_prefix}{upload_id}/"
     uri_prefix = store.uri(prefix)
     record = db.find_file(uri_prefix)
@@ -64,12 +151,13 @@ def _resolve(upload_id: str, settings: Settings, store: UploadStore, db: Databas
         if record is None:
             raise ApiError(404, "not_found", f"no upload with id {upload_id}",
                            hint="Use the upload_id that POST /uploads returned.")
-    _, answered, errored = db.answer_counts(record.source_uri, record.source_generation)
+    processed, answered, errored = db.answer_counts(record.source_uri, record.source_generation)
     done = record.status == "done"
     return UploadStatus(
         upload_id=upload_id, status=record.status, object=record.source_uri,
         generation=record.source_generation, filename=posixpath.basename(record.source_uri),
-        row_count=record.row_count, answered_count=answered, error_count=errored, error=record.error,
+        row_count=record.row_count, processed_count=processed, answered_count=answered, error_count=errored,
+        error=record.error,
         answers_csv=record.output_uri if done else None, received_at=record.received_at,
         completed_at=record.completed_at)
 
@@ -77,12 +165,10 @@ def _resolve(upload_id: str, settings: Settings, store: UploadStore, db: Databas
 @router.get("/{upload_id}", response_model=UploadStatus, responses=error_responses(401, 404, 422, 503),
             summary="Status of an upload")
 def get_upload(request: Request, upload_id: UploadId, settings: SettingsDep, store: StoreDep, db: DatabaseDep):
-    """Status from PostgreSQL (`received`, `done`, `failed`), or `uploaded` while the pipeline has
-    not recorded the file yet; row counts and where the answers are."""
-    status = _resolve(upload_id, settings, store, db)
-    if status.status == "done":
-        status.answers_url = str(request.url_for("get_answers", upload_id=upload_id))
-    return status
+    """Status from PostgreSQL (`received`, `done`, `failed`), `uploaded` while the pipeline has
+    not recorded the file yet (`stalled` after a while), or `rejected`; row counts (while `received`,
+    `processed_count` grows as the pipeline commits answers) and where the answers are."""
+    return _with_links(request, _resolve(upload_id, settings, store, db))
 
 
 @router.get("/{upload_id}/answers", response_model=AnswersPage,
@@ -99,6 +185,10 @@ def get_answers(upload_id: UploadId, settings: SettingsDep, store: StoreDep, db:
     """The answers as JSON pages from PostgreSQL, or the answers CSV file (`?format=csv`), which keeps
     every input column and adds answer, score, answer_start, answer_end and error."""
     status = _resolve(upload_id, settings, store, db)
+    if status.status == "rejected":
+        raise ApiError(409, "upload_failed", f"the service refused this file: {status.error}",
+                       hint="Fix the file as the message says and upload it again.",
+                       details={"status": status.status})
     if status.status == "failed":
         raise ApiError(409, "upload_failed", f"the pipeline rejected this file: {status.error}",
                        hint="Fix the file as the message says and upload it again.",
