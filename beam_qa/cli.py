@@ -20,8 +20,7 @@ from pathlib import Path
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from beam_qa.options import LOG_LEVELS, QaOptions
-from beam_qa.pipeline import parse_options, run
-from beam_qa.qa.model_store import check_model_available
+from beam_qa.pipeline import parse_options, resolve_model, run
 from beam_qa.storage import Storage
 
 _LOGGER = logging.getLogger(__name__)
@@ -189,7 +188,7 @@ def preflight(argv: Sequence[str], prog: str = "beam-qa") -> QaOptions:
     opts = parse_options(list(argv))
     if opts.input_pattern:
         check_input_pattern(opts.input_pattern, opts.gcs_anonymous)
-    check_model_available(opts.model)
+    resolve_model(opts)
     return opts
 
 

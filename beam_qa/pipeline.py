@@ -152,6 +152,20 @@ def newest_model(opts: QaOptions) -> str:
     return newest.directory
 
 
+def resolve_model(opts: QaOptions) -> None:
+    """Settles which model the job starts with, and checks it can be found (its config.json only).
+
+    With ``--model_watch_pattern`` that is the newest published one. Runs on the launcher,
+    before the graph is built.
+
+    Raises:
+        ModelNotFoundError: with what to pass instead.
+    """
+    if opts.model_watch_pattern:
+        opts.model = newest_model(opts)
+    check_model_available(opts.model)
+
+
 def parse_options(argv: list[str] | None = None) -> QaOptions:
     """Parses and validates options; applies environment defaults for local runs.
 
@@ -184,9 +198,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         The PipelineResult: finished in local bounded mode; on Dataflow, the submitted job.
     """
     opts = parse_options(argv)
-    if opts.model_watch_pattern:
-        opts.model = newest_model(opts)
-    check_model_available(opts.model)
+    resolve_model(opts)
     pipeline = test_pipeline or beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
     # On Dataflow the launcher only submits the job (and the console shows these figures).
