@@ -129,3 +129,18 @@ def test_gpus_get_a_larger_micro_batch_budget_than_cpus():
     assert default_tokens_per_forward("cpu") == CPU_TOKENS_PER_FORWARD
     assert default_tokens_per_forward("cuda") > 8 * CPU_TOKENS_PER_FORWARD
     assert default_tokens_per_forward("cuda:1") == default_tokens_per_forward("cuda")
+
+
+@pytest.mark.parametrize("error, transient", [
+    (MemoryError(), True),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried"), True),
+    (RuntimeError("CUDA error: device-side assert triggered"), False),
+    (IndexError("index out of range in self"), False),
+    (ValueError("bad input"), False),
+])
+def test_only_resource_errors_count_as_transient(error, transient):
+    import torch
+    from beam_qa.qa.handler import is_transient
+    assert is_transient(error) is transient
+    assert is_transient(torch.OutOfMemoryError("out of memory"))
