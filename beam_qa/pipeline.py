@@ -33,22 +33,29 @@ def register_coders() -> None:
         coders.registry.register_coder(record, coders.RowCoder)
 
 
-def inference_threads(opts: QaOptions) -> int:
-    """Intra-op threads per model call for this run (0: leave torch's default).
+def model_concurrency(opts: QaOptions) -> tuple[int, int]:
+    """``(intra-op threads per model call, model calls at once per process)`` for this run.
 
-    A worker process runs several model calls at once (one per concurrent bundle); each
-    should get its share of the CPUs, not all of them, or the calls oversubscribe the cores.
+    A worker process runs several bundles at once, each calling the model; together they
+    should use the process's share of the CPUs, not oversubscribe them. On Dataflow a Python
+    worker VM runs one SDK process per vCPU (unless ``no_use_multiple_sdk_containers``): one
+    single-threaded call at a time per process. With one SDK process per VM (GPU workers), one
+    call at a time with torch's own thread count. Locally, ``--direct_num_workers`` calls at
+    once, each with its share of the usable CPUs. Threads 0 means torch's default.
     """
-    if opts.inference_threads:
-        return opts.inference_threads
+    cpus = usable_cpus()
     if "Dataflow" in str(opts.view_as(StandardOptions).runner):
         experiments = opts.view_as(DebugOptions).experiments or []
-        # Dataflow's Python workers run one SDK process per vCPU unless told otherwise.
-        return 0 if "no_use_multiple_sdk_containers" in experiments else 1
-    workers = opts.view_as(DirectOptions).direct_num_workers or 1
-    if workers <= 0:  # Beam's "as many as there are CPUs"
-        workers = usable_cpus()
-    return max(1, usable_cpus() // workers)
+        if "no_use_multiple_sdk_containers" in experiments:
+            return opts.inference_threads, 1
+        return opts.inference_threads or 1, 1
+    workers = opts.view_as(DirectOptions).direct_num_workers
+    if workers is None:
+        workers = 1
+    elif workers <= 0:  # Beam's "as many as there are CPUs"
+        workers = cpus
+    threads = opts.inference_threads or max(1, cpus // workers)
+    return threads, max(1, min(workers, cpus // threads))
 
 
 def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
@@ -56,7 +63,7 @@ def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
         opts.model, device=opts.device, quantize=opts.quantize, max_seq_len=opts.max_seq_len,
         doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
         min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=opts.max_batch_duration_secs, inference_threads=inference_threads(opts),
+        max_batch_duration_secs=opts.max_batch_duration_secs, concurrency=model_concurrency(opts),
         model_watch_pattern=opts.model_watch_pattern, model_watch_interval_secs=opts.model_watch_interval_secs,
         storage_anonymous=bool(opts.gcs_anonymous))
 

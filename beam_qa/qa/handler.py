@@ -75,10 +75,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class _ForwardSlots:
-    """Limits the model calls that run at once in this process to ``CPUs / threads per call``.
+    """Limits the model calls that run at once in this process (``pipeline.model_concurrency``).
 
     A worker process runs one model call per concurrent bundle; with ``threads`` intra-op
-    threads each, more than ``CPUs / threads`` of them at once would oversubscribe the cores.
+    threads each, more calls at once than the process's CPUs allow would oversubscribe them.
     """
 
     _lock = threading.Lock()
@@ -86,8 +86,8 @@ class _ForwardSlots:
     _size = 0
 
     @classmethod
-    def get(cls, threads: int) -> threading.BoundedSemaphore:
-        size = max(1, usable_cpus() // threads) if threads > 0 else 1
+    def get(cls, size: int) -> threading.BoundedSemaphore:
+        size = max(1, size)
         with cls._lock:
             if cls._slots is None or cls._size != size:
                 cls._slots, cls._size = threading.BoundedSemaphore(size), size
@@ -136,7 +136,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         max_batch_size: int = 32,
         max_batch_duration_secs: float | None = None,
         tokens_per_forward: int | None = None,
-        inference_threads: int = 0,
+        concurrency: tuple[int, int] = (0, 1),
         model_watch_pattern: str | None = None,
         model_watch_interval_secs: float = 60.0,
         storage_anonymous: bool = False,
@@ -149,7 +149,8 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
         self._tokens_per_forward = tokens_per_forward
-        self._inference_threads = inference_threads
+        # (intra-op threads per model call, model calls at once in this process); threads 0: torch's default
+        self._inference_threads, self._concurrent_calls = concurrency
         self._watch_pattern = model_watch_pattern
         self._watch_interval_secs = model_watch_interval_secs
         self._storage_anonymous = storage_anonymous
@@ -167,8 +168,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 # Process-wide: every model call of this worker process shares the CPUs (_ForwardSlots).
                 torch.set_num_threads(self._inference_threads)
                 _LOGGER.info("beam_qa model calls use %d intra-op threads, at most %d at once in pid %d",
-                             self._inference_threads, max(1, usable_cpus() // self._inference_threads),
-                             os.getpid())
+                             self._inference_threads, self._concurrent_calls, os.getpid())
         if self._watch_pattern:
             model = self._watcher().current()
         else:
@@ -346,7 +346,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 types[row, :window.length] = window.encoding.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             inputs = {name: torch.from_numpy(arrays[name]).to(model.device) for name in input_names}
-            with _ForwardSlots.get(self._inference_threads), torch.inference_mode():
+            with _ForwardSlots.get(self._concurrent_calls), torch.inference_mode():
                 output = model.model(**inputs)
             yield chunk, (output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy())
 

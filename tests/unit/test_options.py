@@ -82,3 +82,17 @@ def test_the_dev_stack_never_prints_or_passes_a_database_password():
     command = Stack(config).pipeline_command("/models/tiny")
     assert not [arg for arg in command if "s3cret-pw" in arg]
     assert config.client_env()["QA_PG_DSN"] == dsn  # how the pipeline gets it instead
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], (8, 1)),                                                          # one local worker: all CPUs
+    (["--direct_num_workers=4"], (2, 4)),                                  # four share them
+    (["--direct_num_workers=4", "--inference_threads=1"], (1, 4)),
+    (["--direct_num_workers=0"], (1, 8)),                                  # Beam's "one per CPU"
+    (["--runner=DataflowRunner"], (1, 1)),                                 # one SDK process per vCPU
+    (["--runner=DataflowRunner", "--experiments=no_use_multiple_sdk_containers"], (0, 1)),
+])
+def test_model_calls_share_the_cpus_without_oversubscribing_them(extra, expected, monkeypatch):
+    from beam_qa import pipeline
+    monkeypatch.setattr(pipeline, "usable_cpus", lambda: 8)
+    assert pipeline.model_concurrency(parse_options(BASE + ["--input_pattern=x"] + extra)) == expected
