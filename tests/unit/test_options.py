@@ -89,8 +89,8 @@ def test_the_dev_stack_never_prints_or_passes_a_database_password():
     (["--direct_num_workers=4"], (2, 4)),                                  # four share them
     (["--direct_num_workers=4", "--inference_threads=1"], (1, 4)),
     (["--direct_num_workers=0"], (1, 8)),                                  # Beam's "one per CPU"
-    (["--runner=DataflowRunner"], (1, 1)),                                 # one SDK process per vCPU
-    (["--runner=DataflowRunner", "--experiments=no_use_multiple_sdk_containers"], (0, 1)),
+    (["--runner=DataflowRunner", "--sdk_container_image=img"], (1, 1)),  # one SDK process per vCPU
+    (["--runner=DataflowRunner", "--sdk_container_image=img", "--experiments=no_use_multiple_sdk_containers"], (0, 1)),
 ])
 def test_model_calls_share_the_cpus_without_oversubscribing_them(extra, expected, monkeypatch):
     from beam_qa import pipeline
