@@ -8,6 +8,8 @@ the watermark back.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -29,13 +31,26 @@ _LOGGER = logging.getLogger(__name__)
 _DRAIN_TOLERANCE_SECS = 5.0
 
 
+def _content_id(data: bytes | None, attributes: dict[str, str]) -> str:
+    """A stand-in for a missing Pub/Sub message id: the same for every delivery of one message.
+
+    The claim token must be the same when a bundle is retried (``ClaimFiles``), and a runner that
+    does not pass the message id still passes the same content.
+    """
+    digest = hashlib.sha256(data or b"")
+    digest.update(json.dumps(attributes, sort_keys=True).encode())
+    return "sha256-" + digest.hexdigest()[:32]
+
+
 class _ParseNotificationFn(beam.DoFn):
     def __init__(self, incoming_prefix: str):
         self._incoming_prefix = incoming_prefix
 
     def process(self, message):
-        event, reason = parse_notification(message.data, dict(message.attributes or {}), self._incoming_prefix,
-                                           message_id=getattr(message, "message_id", None) or "")
+        attributes = dict(message.attributes or {})
+        event, reason = parse_notification(message.data, attributes, self._incoming_prefix,
+                                           message_id=getattr(message, "message_id", None) or _content_id(
+                                               message.data, attributes))
         if event is None:
             metrics.EVENTS_IGNORED.inc()
             metrics.events_ignored(reason).inc()

@@ -55,3 +55,16 @@ def test_local_outputs_resolve_against_the_input_directory(tmp_path):
     event = local_file_event(str(path), pattern_base_dir(str(tmp_path / "*.csv")))
     assert derived_location(event, "answers/", ".answers.csv") == str(tmp_path / "answers" / "a.answers.csv")
     assert derived_location(event, str(tmp_path / "out"), ".answers.csv") == str(tmp_path / "out" / "a.answers.csv")
+
+
+def test_the_claim_token_is_the_message_id_or_the_same_stand_in_for_every_delivery():
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    from beam_qa.sources import _ParseNotificationFn  # pylint: disable=protected-access
+    fn = _ParseNotificationFn("incoming/")
+    (with_id,) = fn.process(PubsubMessage(DATA, ATTRS, message_id="1234"))
+    assert with_id.trigger == "pubsub:1234"
+    first, second = (next(iter(fn.process(PubsubMessage(DATA, ATTRS)))) for _ in range(2))
+    assert first.trigger == second.trigger and first.trigger.startswith("pubsub:sha256-")
+    (other,) = fn.process(PubsubMessage(DATA, {**ATTRS, "objectGeneration": "1795313659049627"}))
+    assert other.trigger != first.trigger
