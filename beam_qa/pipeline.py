@@ -27,7 +27,7 @@ READY_MESSAGE = "beam_qa pipeline ready"
 
 def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
     return QuestionAnsweringModelHandler(
-        opts.model, device=opts.device, quantize=opts.quantize, max_seq_len=opts.max_seq_len,
+        opts.model, device=opts.device, precision=opts.precision, max_seq_len=opts.max_seq_len,
         doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
         min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=opts.max_batch_duration_secs)
@@ -36,10 +36,10 @@ def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
 class _WarmUpFn(beam.DoFn):
     """Creates the schema and loads the model before the first file arrives, then says ready."""
 
-    def __init__(self, model: str, device: str, quantize: str, pg_dsn: str, pg_password_secret: str | None = None):
+    def __init__(self, model: str, device: str, precision: str, pg_dsn: str, pg_password_secret: str | None = None):
         self._model = model
         self._device = device
-        self._quantize = quantize
+        self._precision = precision
         self._pg_dsn = pg_dsn
         self._pg_password_secret = pg_password_secret
 
@@ -48,7 +48,7 @@ class _WarmUpFn(beam.DoFn):
         writer.open()  # creates the schema if missing
         writer.close()
         before = load_count()
-        load_model(self._model, self._device, self._quantize)
+        load_model(self._model, self._device, self._precision)
         if load_count() > before:
             metrics.counter("model_loads").inc()
         _LOGGER.info(READY_MESSAGE)
@@ -72,7 +72,7 @@ def build_pipeline(p: beam.Pipeline, opts: QaOptions) -> None:
         events = p | "ReadGcsNotifications" >> ReadGcsNotifications(
             opts.input_subscription, opts.incoming_prefix, sweep, retry_after_secs=opts.sweep_grace_secs)
         _ = (p | "WarmUpTrigger" >> beam.Create([None])
-             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.quantize, opts.pg_dsn,
+             | "WarmUpModel" >> beam.ParDo(_WarmUpFn(opts.model, opts.device, opts.precision, opts.pg_dsn,
                                                      opts.pg_password_secret)))
     else:
         events = p | "MatchInputFiles" >> MatchInputFiles(opts.input_pattern, opts.incoming_prefix, anonymous)

@@ -65,7 +65,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         model: str,
         *,
         device: str = "auto",
-        quantize: str = "none",
+        precision: str = "fp32",
         max_seq_len: int = 384,
         doc_stride: int = 128,
         max_answer_len: int = 15,
@@ -77,7 +77,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         super().__init__()
         self._model_name = model
         self._device = device
-        self._quantize = quantize
+        self._precision = precision
         self._max_seq_len = max_seq_len
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
@@ -90,7 +90,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
 
     def load_model(self) -> LoadedModel:
         before = load_count()
-        model = load_model(self._model_name, self._device, self._quantize)
+        model = load_model(self._model_name, self._device, self._precision)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
         self._unreported_loads += load_count() - before
@@ -136,7 +136,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                     context, [candidates for _, candidates in in_order],
                     lambda w, s, e, encodings=encodings: decode.word_aligned_span(encodings[w], s, e))
                 prediction = QaPrediction(span=span, error="" if span else "no answer span found")
-            results.append(PredictionResult((question, context), prediction, self._model_name))
+            results.append(PredictionResult((question, context), prediction, model.model_id))
         return results
 
     def _tokenize(self, batch: Sequence[QaExample], tokenizer) -> tuple[list[_Window], dict[int, str]]:
@@ -202,6 +202,6 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 types[row, :window.length] = window.encoding.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             inputs = {name: torch.from_numpy(arrays[name]).to(model.device) for name in input_names}
-            with torch.inference_mode():
+            with torch.inference_mode(), model.autocast():
                 output = model.model(**inputs)
             yield chunk, (output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy())
