@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import re
 import string
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from beam_qa.dev.squad import default_squad_path
+from beam_qa.dev.squad import load_articles
 
 HELD_OUT_ARTICLES = ("Packet_switching", "Black_Death", "Geology")
 
@@ -44,15 +43,8 @@ def load_questions(path: Path | None = None) -> list[SquadQuestion]:
     Raises:
         FileNotFoundError: with the path looked at and how to point elsewhere.
     """
-    path = path or default_squad_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"SQuAD sample not found at {path}; it ships in the shared data folder beside the "
-            "repository (../shared/data/). Set QA_SQUAD_PATH to its location.")
-    with path.open(encoding="utf-8") as handle:
-        articles = json.load(handle)["data"]
     questions = []
-    for article in articles:
+    for article in load_articles(path):
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 questions.append(SquadQuestion(
