@@ -113,10 +113,11 @@ class QaOptions(PipelineOptions):
             "--device", choices=["auto", "cpu", "cuda"], default="auto",
             help="Where the model runs; auto picks CUDA when a GPU is visible.")
         model.add_argument(
-            "--precision", choices=list(precisions.CHOICES), default="auto",
-            help="Numeric precision of the forward pass: fp32; bf16 (CPU autocast or CUDA); fp16 "
-            "(CUDA); int8 (CPU, ONNX Runtime); auto: the fastest the device supports whose measured "
-            f"SQuAD F1 loss is at most {precisions.QUALITY_BOUND_F1} point (README \"Precision\").")
+            "--precision", choices=list(precisions.CHOICES), default="fp32",
+            help="Numeric precision of the forward pass: fp32 (default: answers identical to the "
+            "reference pipeline's); bf16 (CPU autocast or CUDA); fp16 (CUDA); int8 (CPU, ONNX Runtime); "
+            "auto: the fastest the device supports whose measured SQuAD F1 loss is at most "
+            f"{precisions.QUALITY_BOUND_F1} point (README \"Precision and answer quality\").")
         model.add_argument("--max_seq_len", type=_positive_int, default=384,
                            help="Tokens per window (question + context + special tokens).")
         model.add_argument("--doc_stride", type=_positive_int, default=128,

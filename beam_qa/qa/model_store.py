@@ -48,8 +48,8 @@ class LoadedModel:
 def advice(model: str, reason: str) -> str:
     return (f"Cannot load the question-answering model {model!r}: {reason}. Pass --model "
             "(QA_MODEL for make run) with one of: a local directory holding config.json, "
-            "model weights and a fast tokenizer (python -m beam_qa.dev.tiny_model DIR builds a "
-            "small offline one), a gs://bucket/path directory with the same files, or a "
+            "model weights and a fast tokenizer (make demo-model builds a real small one offline "
+            "under .cache/demo-model/), a gs://bucket/path directory with the same files, or a "
             "Hugging Face model id reachable from this machine (for example the default "
             "distilbert/distilbert-base-cased-distilled-squad).")
 

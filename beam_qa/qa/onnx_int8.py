@@ -1,16 +1,19 @@
 """int8 on a CPU through ONNX Runtime: export once, quantize the weights per channel, run.
 
 ``torch.ao.quantization.quantize_dynamic`` warns that it is deprecated on every use and is
-slated for removal; ONNX Runtime's quantization is maintained and its int8 kernels use
-AVX2/AVX-512 VNNI (``MatMulInteger``/``DynamicQuantizeMatMul``). The recipe
-(``RECIPE``) was chosen with ``make quality`` on the demo model (README "Precision"):
+slated for removal; ONNX Runtime's quantization is maintained and its int8 kernels
+(``MatMulInteger`` after ``DynamicQuantizeLinear``) use AVX2 and AVX-512 VNNI. The recipe
+(``RECIPE``) was chosen with ``make quality`` on the demo model (README "Precision and answer
+quality"):
 
 * the model is exported with torch's ``torch.export``-based ONNX exporter (the TorchScript
   one is deprecated), batch and sequence length dynamic;
-* ONNX Runtime's transformer optimizer fuses attention, GELU and layer norms (fp32);
-* ``quantize_dynamic`` stores the MatMul weights as int8 with one scale per output channel
-  (``per_channel``) and quantizes activations per call; the layers listed in
-  ``RECIPE["keep_fp32"]`` stay fp32, because the quality check showed they carry it.
+* ONNX Runtime's transformer optimizer fuses what it recognises in that graph (embedding and
+  skip layer norms, bias + GELU), in fp32;
+* ``quantize_dynamic`` stores every weight MatMul as int8 with one scale per output channel
+  (``per_channel``) and quantizes activations per call (uint8). Names listed in
+  ``RECIPE["keep_fp32"]`` would stay fp32; on the demo model keeping the feed-forward output
+  layers in fp32 did not help (README), so none is kept.
 
 The exported and quantized file is cached per weights revision under
 ``$QA_ONNX_CACHE`` (default: ``<tmp>/beam_qa_models/onnx``), so a process exports at most once.

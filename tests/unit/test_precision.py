@@ -70,7 +70,7 @@ def test_precision_flag_replaces_quantize():
     parser = argparse.ArgumentParser()
     QaOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     args = parser.parse_args([])
-    assert args.precision == "auto" and not hasattr(args, "quantize")
+    assert args.precision == "fp32" and not hasattr(args, "quantize")
     for value in precisions.CHOICES:
         assert parser.parse_args([f"--precision={value}"]).precision == value
     with pytest.raises(SystemExit):
