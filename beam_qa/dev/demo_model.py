@@ -53,16 +53,13 @@ class Recipe:
 
     base: str = f"{BASE_WHEEL}=={BASE_WHEEL_VERSION}"
     seed: int = 0
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 16
     learning_rate: float = 1e-4
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_seq_len: int = 384
     doc_stride: int = 128
-    # Batch widths rounded up to a multiple of this: fewer distinct shapes let oneDNN reuse its
-    # kernels from step to step, for a few padding tokens.
-    width_multiple: int = 16
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -165,11 +162,10 @@ def batches(features: list[dict], batch_size: int, rng: random.Random) -> list[l
     return result
 
 
-def collate(batch: list[dict], width_multiple: int = 1):
-    """Pads a batch to its longest window, rounded up to ``width_multiple`` tokens."""
+def collate(batch: list[dict]):
+    """Pads a batch to its longest window."""
     import torch
-    longest = max(len(f["input_ids"]) for f in batch)
-    width = -(-longest // width_multiple) * width_multiple
+    width = max(len(f["input_ids"]) for f in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     types = torch.zeros_like(ids)
     mask = torch.zeros_like(ids)
@@ -224,7 +220,7 @@ def train(base: Path, target: Path, recipe: Recipe, train_questions) -> dict:
     for epoch in range(recipe.epochs):
         for batch in batches(features, recipe.batch_size, rng):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(**collate(batch, recipe.width_multiple)).loss
+                loss = model(**collate(batch)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
