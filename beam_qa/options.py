@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_qa.csv_rows import DEFAULT_MAX_CONTEXT_CHARS
 from beam_qa.settings import (InputSettings, OutputSettings, PostgresSettings, StorageSettings,
                               SweepSettings)
+from beam_qa.qa import precision as precisions
 
 DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
 
@@ -138,8 +139,11 @@ class QaOptions(PipelineOptions):
             "--device", choices=["auto", "cpu", "cuda"], default="auto",
             help="Where the model runs; auto picks CUDA when a GPU is visible.")
         model.add_argument(
-            "--quantize", choices=["none", "int8"], default="none",
-            help="int8: PyTorch dynamic quantization of the Linear layers (CPU only).")
+            "--precision", choices=list(precisions.CHOICES), default="fp32",
+            help="Numeric precision of the forward pass: fp32 (default: answers identical to the "
+            "reference pipeline's); bf16 (CPU autocast or CUDA); fp16 (CUDA); int8 (CPU, ONNX Runtime); "
+            "auto: the fastest the device supports whose measured SQuAD F1 loss is at most "
+            f"{precisions.QUALITY_BOUND_F1} point (README \"Precision and answer quality\").")
         model.add_argument("--max_seq_len", type=_positive_int, default=384,
                            help="Tokens per window (question + context + special tokens).")
         model.add_argument("--doc_stride", type=_positive_int, default=128,
@@ -249,8 +253,8 @@ class QaOptions(PipelineOptions):
             if "password" in conninfo_to_dict(self.pg_dsn):
                 raise ValueError("--pg_dsn must not contain a password when --pg_password_secret "
                                  "is given: the password would be stored in the job graph.")
-        if self.quantize == "int8" and self.device == "cuda":
-            raise ValueError("--quantize int8 is CPU-only; on CUDA the model runs in fp16.")
+        if self.precision == "int8" and self.device == "cuda":
+            raise ValueError("--precision int8 is CPU-only; on CUDA use fp16, bf16 or auto.")
         if self.model_watch_pattern:
             from beam_qa.qa.model_watch import check_pattern
             check_pattern(self.model_watch_pattern)

@@ -17,8 +17,8 @@ def default_squad_path() -> Path:
     return repo.parent / "shared" / "data" / "squad-v1.1-dev-sample.json"
 
 
-def squad_rows(limit: int | None = None, path: Path | None = None) -> list[dict[str, str]]:
-    """``{"id", "question", "context", "answer"}`` dicts in file order.
+def load_articles(path: Path | None = None) -> list[dict]:
+    """The sample's ``data`` list: articles with ``title`` and ``paragraphs``.
 
     Raises:
         FileNotFoundError: with the path looked at and how to point elsewhere.
@@ -29,9 +29,17 @@ def squad_rows(limit: int | None = None, path: Path | None = None) -> list[dict[
             f"SQuAD sample not found at {path}; it ships in the shared data folder beside the "
             f"repository (../shared/data/). Set {ENV_VAR} to its location.")
     with path.open(encoding="utf-8") as handle:
-        data = json.load(handle)["data"]
+        return json.load(handle)["data"]
+
+
+def squad_rows(limit: int | None = None, path: Path | None = None) -> list[dict[str, str]]:
+    """``{"id", "question", "context", "answer"}`` dicts in file order.
+
+    Raises:
+        FileNotFoundError: with the path looked at and how to point elsewhere.
+    """
     rows = []
-    for article in data:
+    for article in load_articles(path):
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 rows.append({"id": qa["id"], "question": qa["question"], "context": paragraph["context"],

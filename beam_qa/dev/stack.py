@@ -252,6 +252,7 @@ class Stack:
     def __init__(self, config: StackConfig | None = None):
         self.config = config or StackConfig()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.model_description = ""
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- processes -----------------------------------------------------------------
@@ -322,14 +323,37 @@ class Stack:
                 _LOGGER.info("created database %s", dbname)
 
     def ensure_model(self) -> str:
-        """QA_MODEL if given; otherwise a small offline model built under the run dir."""
+        """Chooses the model: QA_MODEL; else the production default when the Hub is reachable;
+        else the demo model when built (``make demo-model``); else a random-weight tiny model.
+
+        Sets ``self.model_description`` (which model and why) for the start-up line.
+        """
+        from beam_qa.dev import demo_model
+        from beam_qa.options import DEFAULT_MODEL
+        from beam_qa.qa.model_store import ModelNotFoundError, check_model_available
         if self.config.model:
+            self.model_description = f"{self.config.model} (QA_MODEL)"
             return self.config.model
+        try:
+            check_model_available(DEFAULT_MODEL)  # the local HF cache, else a 3 s probe of the Hub
+        except ModelNotFoundError:
+            pass
+        else:
+            self.model_description = f"{DEFAULT_MODEL} (production default, from the Hugging Face Hub)"
+            return DEFAULT_MODEL
+        built = demo_model.built_model()
+        if built:
+            held_out = demo_model.build_info(built)["held_out"]
+            self.model_description = (f"{built} (demo model, SQuAD F1 {held_out['f1']} on held-out articles; "
+                                      "the Hub is unreachable and QA_MODEL is unset)")
+            return str(built)
         from beam_qa.dev.tiny_model import build_model
         path = build_model(self.config.run_dir / "tiny-model", "tiny")
-        _LOGGER.warning("No QA_MODEL given: using a small local model with RANDOM weights at %s. "
-                        "Its answers are MEANINGLESS; set QA_MODEL to a real model directory or "
-                        "Hugging Face id for real answers.", path)
+        self.model_description = f"{path} (RANDOM weights: answers are meaningless)"
+        _LOGGER.warning("No QA_MODEL given, the Hugging Face Hub is unreachable and the demo model is not "
+                        "built: using a small model with RANDOM weights at %s, whose answers are MEANINGLESS. "
+                        "For real answers run `make demo-model` (about 15 minutes on 2 cores, offline) and "
+                        "restart, or set QA_MODEL to a QA model directory or Hugging Face id.", path)
         return str(path)
 
     # -- the pipeline --------------------------------------------------------------
@@ -393,6 +417,7 @@ class Stack:
         self.ensure_resources()
         self.ensure_database()
         model = self.ensure_model()
+        _LOGGER.info("model: %s", self.model_description)
         self.start_pipeline(model)
 
     def stop(self) -> None:
@@ -484,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     print(f"beam-qa is up. Upload CSVs to gs://{config.bucket}/{config.incoming_prefix} "
           f"(STORAGE_EMULATOR_HOST={config.gcs_url}); answers go to gs://{config.bucket}/{config.answers_prefix} "
-          f"and PostgreSQL ({redacted_dsn(config.pg_dsn)}). Upload page and API: {config.upload_url}/ . "
+          f"and PostgreSQL ({redacted_dsn(config.pg_dsn)}). Model: {stack.model_description}. "
+          f"Upload page and API: {config.upload_url}/ . "
           f"Logs: {config.run_dir}/", flush=True)
     if args.command == "up":
         stack.procs.clear()  # detached: `down` stops them through their pid files

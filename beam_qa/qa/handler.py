@@ -128,7 +128,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         model: str,
         *,
         device: str = "auto",
-        quantize: str = "none",
+        precision: str = "fp32",
         max_seq_len: int = 384,
         doc_stride: int = 128,
         max_answer_len: int = 15,
@@ -144,7 +144,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         super().__init__()
         self._model_name = model
         self._device = device
-        self._quantize = quantize
+        self._precision = precision
         self._max_seq_len = max_seq_len
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
@@ -172,7 +172,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         if self._watch_pattern:
             model = self._watcher().current()
         else:
-            model = load_model(self._model_name, self._device, self._quantize)
+            model = load_model(self._model_name, self._device, self._precision)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
         self._unreported_loads += load_count() - before
@@ -183,7 +183,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         from beam_qa import clients
         from beam_qa.qa import model_watch
         from beam_qa.settings import StorageSettings
-        return model_watch.watcher(self._watch_pattern, self._watch_interval_secs, self._device, self._quantize,
+        return model_watch.watcher(self._watch_pattern, self._watch_interval_secs, self._device, self._precision,
                                    clients.storage(StorageSettings(anonymous=self._storage_anonymous)))
 
     def update_model_path(self, model_path: str | None = None) -> None:
@@ -222,7 +222,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             # The newest published model for every new batch (a batch never changes model midway).
             model = self._watcher().current()
         predictions = self._answer_isolating(list(batch), model)
-        return [PredictionResult(example, prediction, model.name) for example, prediction in zip(batch, predictions)]
+        return [PredictionResult(example, prediction, model.model_id) for example, prediction in zip(batch, predictions)]
 
     def _answer_isolating(self, batch: list[QaExample], model: LoadedModel) -> list[QaPrediction]:
         try:
@@ -346,7 +346,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 types[row, :window.length] = window.encoding.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             inputs = {name: torch.from_numpy(arrays[name]).to(model.device) for name in input_names}
-            with _ForwardSlots.get(self._concurrent_calls), torch.inference_mode():
+            with _ForwardSlots.get(self._concurrent_calls), torch.inference_mode(), model.autocast():
                 output = model.model(**inputs)
             yield chunk, (output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy())
 

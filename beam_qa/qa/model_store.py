@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
 import threading
+from pathlib import Path
 from typing import Any
+
+from beam_qa.qa import precision as precisions
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -27,16 +31,25 @@ class LoadedModel:
 
     name: str
     tokenizer: Any
-    model: Any
+    model: Any  # called with input_ids/attention_mask/...; returns .start_logits, .end_logits
     device: str
-    fp16: bool
+    precision: str  # the resolved precision: fp32, bf16, fp16 or int8
+    model_id: str  # what answers: "NAME@REVISION PRECISION DEVICE(FEATURES)", stored with answers
+    autocast_dtype: Any = None  # a torch dtype for CPU autocast (bf16/fp16), else None
+
+    def autocast(self):
+        """The context the forward pass runs in: autocast for bf16/fp16 on a CPU, else nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        import torch
+        return torch.autocast(precisions.device_kind(self.device), dtype=self.autocast_dtype)
 
 
 def advice(model: str, reason: str) -> str:
     return (f"Cannot load the question-answering model {model!r}: {reason}. Pass --model "
             "(QA_MODEL for make run) with one of: a local directory holding config.json, "
-            "model weights and a fast tokenizer (python -m beam_qa.dev.tiny_model DIR builds a "
-            "small offline one), a gs://bucket/path directory with the same files, or a "
+            "model weights and a fast tokenizer (make demo-model builds a real small one offline "
+            "under .cache/demo-model/), a gs://bucket/path directory with the same files, or a "
             "Hugging Face model id reachable from this machine (for example the default "
             "distilbert/distilbert-base-cased-distilled-squad).")
 
@@ -119,27 +132,28 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(model: str, device: str = "auto", quantize: str = "none") -> LoadedModel:
+def load_model(model: str, device: str = "auto", precision: str = "fp32") -> LoadedModel:
     """Loads ``model`` once per process and returns the shared instance.
 
     Beam's shared handle lets the DirectRunner drop a model when it discards a DoFn;
     this process-wide cache keeps it, so every bundle and every file reuses one load.
+    The cache key is the model, the resolved device and the resolved precision.
 
     Args:
         model: Hugging Face id, local directory or gs:// directory.
         device: ``auto``, ``cpu`` or ``cuda``.
-        quantize: ``none`` or ``int8`` (dynamic quantization of Linear layers, CPU).
+        precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` or ``auto`` (``beam_qa.qa.precision``).
 
     Returns:
         The loaded model.
     """
     global _LOAD_COUNT
     resolved_device = resolve_device(device)
-    key = (model, resolved_device, quantize)
+    resolved_precision = precisions.resolve(precision, resolved_device)
+    key = (model, resolved_device, resolved_precision)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        import torch
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
         path = _local_copy(model) if model.startswith("gs://") else model
         try:
@@ -153,19 +167,16 @@ def load_model(model: str, device: str = "auto", quantize: str = "none") -> Load
             raise ModelNotFoundError(advice(model, "its tokenizer pads on the left; only "
                                             "question-first (right-padding) models are supported"))
         qa_model.eval()
-        fp16 = False
-        if quantize == "int8":
-            qa_model = torch.ao.quantization.quantize_dynamic(qa_model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif resolved_device == "cuda":
-            qa_model = qa_model.half()
-            fp16 = True
-        qa_model.to(resolved_device)
-        loaded = LoadedModel(name=model, tokenizer=tokenizer, model=qa_model,
-                             device=resolved_device, fp16=fp16)
+        revision = weights_revision(qa_model, path)
+        runner, autocast_dtype = _prepare(qa_model, resolved_device, resolved_precision, revision, tokenizer)
+        model_id = f"{model}@{revision} {resolved_precision} {precisions.describe_device(resolved_device)}"
+        loaded = LoadedModel(name=model, tokenizer=tokenizer, model=runner, device=resolved_device,
+                             precision=resolved_precision, model_id=model_id, autocast_dtype=autocast_dtype)
         _CACHE[key] = loaded
         _LOAD_COUNT += 1
-        _LOGGER.info("beam_qa model loaded: %s on %s (quantize=%s, load #%d in pid %d)",
-                     model, resolved_device, quantize, _LOAD_COUNT, os.getpid())
+        _LOGGER.info("beam_qa model loaded: %s (precision %s requested; cpu features: %s; torch threads %d; "
+                     "load #%d in pid %d)", model_id, precision, ",".join(precisions.cpu_features()) or "none",
+                     _torch_threads(), _LOAD_COUNT, os.getpid())
         return loaded
 
 
@@ -177,6 +188,53 @@ def evict(model: str) -> None:
     with _CACHE_LOCK:
         for key in [key for key in _CACHE if key[0] == model]:
             del _CACHE[key]
+
+
+def _prepare(qa_model, device: str, precision: str, revision: str, tokenizer):
+    """The callable that runs the forward pass for ``precision``, and the autocast dtype if any."""
+    import torch
+    if precision == "int8":
+        from beam_qa.qa import onnx_int8
+        return onnx_int8.quantized_runner(qa_model, tokenizer, revision), None
+    if precisions.device_kind(device) == "cuda":
+        # On a GPU the whole model runs in half precision: its tensor cores want both
+        # operands in fp16/bf16, and casting weights on every call would waste bandwidth.
+        if precision in ("fp16", "bf16"):
+            qa_model = qa_model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+        return qa_model.to(device), None
+    # On a CPU, autocast runs the matrix multiplications in bf16 (or fp16) and keeps
+    # layer norms, softmax and the residual stream in fp32, which is what keeps the F1.
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return qa_model.to(device), dtype
+
+
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def weights_revision(qa_model, path: str) -> str:
+    """12 hex digits naming the weights exactly: the Hub commit, or a hash of the weight files.
+
+    A model from the Hub carries the commit it was downloaded at; a local (or gs://) directory
+    is named by the SHA-256 of its weight files, so two different fine-tunes never share an id.
+    """
+    commit = getattr(qa_model.config, "_commit_hash", None)
+    if commit:
+        return str(commit)[:12]
+    files = sorted(p for p in Path(path).glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()) \
+        if os.path.isdir(path) else []
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    if not files:
+        # No weight files to read (an unusual layout): hash the parameters themselves.
+        for name, tensor in sorted(qa_model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def load_count() -> int:

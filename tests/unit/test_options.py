@@ -17,7 +17,7 @@ BASE = ["--pg_dsn=dbname=x"]
     (["--input_pattern=x", "--error_prefix=incoming/bad/"], "would trigger it again"),
     (["--input_pattern=x", "--doc_stride=400"], "doc_stride"),
     (["--input_pattern=x", "--min_batch_size=9", "--max_batch_size=4"], "min_batch_size"),
-    (["--input_pattern=x", "--quantize=int8", "--device=cuda"], "CPU-only"),
+    (["--input_pattern=x", "--precision=int8", "--device=cuda"], "CPU-only"),
     (["--input_subscription=projects/local-project/subscriptions/s1x"], "--input_bucket None is not a bucket"),
     (["--input_subscription=projects/local-project/subscriptions/s1x", "--input_bucket=gs://b/"],
      "not a bucket name"),

@@ -1,0 +1,105 @@
+"""The demo model's training labels, its cache, and the local stack's choice of model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import pytest
+
+from beam_qa.dev import demo_model, squad_eval
+from beam_qa.dev.stack import Stack, StackConfig
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_training_labels_point_at_the_answer_tokens(tokenizer):
+    train, _ = squad_eval.split(squad_eval.load_questions())
+    questions = train[:150]
+    recipe = demo_model.Recipe()
+    encoded = tokenizer([q.question for q in questions], [q.context for q in questions], truncation="only_second",
+                        max_length=recipe.max_seq_len, stride=recipe.doc_stride, return_overflowing_tokens=True,
+                        return_offsets_mapping=True)
+    features = demo_model.training_features(tokenizer, questions, recipe)
+    assert len(features) == len(encoded["input_ids"])
+    labelled = 0
+    for index, feature in enumerate(features):
+        q = questions[encoded["overflow_to_sample_mapping"][index]]
+        start, end = feature["start_positions"], feature["end_positions"]
+        if start == 0:
+            continue  # the answer is not in this window: the CLS label
+        labelled += 1
+        offsets = encoded["offset_mapping"][index]
+        span = q.context[offsets[start][0]:offsets[end][1]]
+        assert q.answers[0].strip() in span and len(span) <= len(q.answers[0]) + 10, (span, q.answers[0])
+        assert len(feature["input_ids"]) <= recipe.max_seq_len
+    assert labelled >= len(questions)
+
+
+def test_batches_cover_every_feature_once_and_are_reproducible():
+    features = [{"input_ids": [0] * (10 + i % 37)} for i in range(500)]
+    first = demo_model.batches(features, 16, random.Random(0))
+    again = demo_model.batches(features, 16, random.Random(0))
+    assert first == again
+    assert sorted(id(f) for batch in first for f in batch) == sorted(id(f) for f in features)
+    # Similar lengths within a batch keep padding small.
+    assert max(max(len(f["input_ids"]) for f in b) - min(len(f["input_ids"]) for f in b) for b in first) <= 5
+
+
+def test_a_changed_recipe_is_a_different_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("QA_DEMO_MODEL_CACHE", str(tmp_path))
+    assert demo_model.model_dir() != demo_model.model_dir(demo_model.Recipe(epochs=9))
+    assert demo_model.built_model() is None
+    demo_model.model_dir().mkdir(parents=True)
+    (demo_model.model_dir() / demo_model.INFO_FILE).write_text("{}")
+    assert demo_model.built_model() == demo_model.model_dir()
+
+
+def fake_demo_build(tmp_path, monkeypatch, f1: float = 61.2):
+    monkeypatch.setenv("QA_DEMO_MODEL_CACHE", str(tmp_path / "demo-cache"))
+    path = demo_model.model_dir()
+    path.mkdir(parents=True)
+    (path / demo_model.INFO_FILE).write_text(json.dumps({"held_out": {"f1": f1, "exact_match": 50.0}}))
+    return path
+
+
+@pytest.fixture
+def offline_stack(tmp_path, monkeypatch):
+    """A stack whose Hub lookups fail at once (as on a machine without the Hub)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("QA_DEMO_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    return Stack(StackConfig(model="", run_dir=tmp_path / "run"))
+
+
+def test_qa_model_wins(offline_stack, tmp_path, monkeypatch):
+    fake_demo_build(tmp_path, monkeypatch)
+    offline_stack.config.model = "/models/mine"
+    assert offline_stack.ensure_model() == "/models/mine"
+    assert "QA_MODEL" in offline_stack.model_description
+
+
+def test_the_production_default_when_the_hub_is_reachable(offline_stack, tmp_path, monkeypatch):
+    from beam_qa.options import DEFAULT_MODEL
+    fake_demo_build(tmp_path, monkeypatch)
+    monkeypatch.setattr("beam_qa.qa.model_store.check_model_available", lambda model: None)
+    assert offline_stack.ensure_model() == DEFAULT_MODEL
+    assert "production default" in offline_stack.model_description
+
+
+def test_the_demo_model_when_built_and_the_hub_is_unreachable(offline_stack, tmp_path, monkeypatch):
+    path = fake_demo_build(tmp_path, monkeypatch, f1=61.2)
+    assert offline_stack.ensure_model() == str(path)
+    assert "demo model" in offline_stack.model_description and "61.2" in offline_stack.model_description
+
+
+def test_the_random_model_says_how_to_get_real_answers(offline_stack, caplog):
+    with caplog.at_level(logging.WARNING, logger="beam_qa.stack"):
+        path = offline_stack.ensure_model()
+    assert path.endswith("tiny-model")
+    assert "RANDOM" in offline_stack.model_description
+    assert "make demo-model" in caplog.text and "QA_MODEL" in caplog.text

@@ -1,0 +1,79 @@
+"""Loading per precision: one load per (model, device, precision), model_id says exactly what answers."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+
+from beam_qa.qa import precision as precisions
+from beam_qa.qa.handler import QuestionAnsweringModelHandler
+from beam_qa.qa.model_store import load_count, load_model
+
+ROWS = [("Where is the tower?", "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris."),
+        ("Who met Bob?", "Alice met Bob in Paris on a rainy day in April.")]
+
+
+@pytest.fixture(autouse=True)
+def onnx_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("QA_ONNX_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-cache"))
+
+
+def test_model_id_names_weights_precision_and_device(tiny_model):
+    loaded = load_model(tiny_model, "cpu", "fp32")
+    match = re.fullmatch(rf"{re.escape(tiny_model)}@([0-9a-f]{{12}}) fp32 cpu\((.*)\)", loaded.model_id)
+    assert match, loaded.model_id
+    assert match.group(2) == precisions.describe_device("cpu")[4:-1]
+    # The revision is the weights' content hash: the same files give the same id.
+    import hashlib
+    from pathlib import Path
+    digest = hashlib.sha256(Path(tiny_model, "model.safetensors").read_bytes()).hexdigest()[:12]
+    assert match.group(1) == digest
+
+
+def test_the_handler_returns_the_model_id_with_every_answer(tiny_model):
+    handler = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="bf16")
+    model = handler.load_model()
+    results = list(handler.run_inference(ROWS, model))
+    assert [r.model_id for r in results] == [model.model_id] * 2
+    assert " bf16 cpu(" in model.model_id
+
+
+def test_one_load_per_model_device_and_precision(tiny_model):
+    first = load_model(tiny_model, "cpu", "bf16")
+    before = load_count()
+    assert load_model(tiny_model, "cpu", "bf16") is first
+    assert load_count() == before
+    other = load_model(tiny_model, "cpu", "fp32")
+    assert other is not first and other.precision == "fp32"
+
+
+def test_auto_resolves_before_the_cache_key(tiny_model):
+    chosen = precisions.choose("cpu")
+    assert load_model(tiny_model, "cpu", "auto") is load_model(tiny_model, "cpu", chosen)
+
+
+def test_bf16_answers_are_spans_of_the_context(tiny_model):
+    handler = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="bf16")
+    for (question, context), result in zip(ROWS, handler.run_inference(ROWS, handler.load_model())):
+        span = result.inference.span
+        assert span and context[span.start:span.end] == span.answer
+
+
+def test_int8_runs_through_onnx_runtime_without_deprecation_warnings(tiny_model):
+    handler = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="int8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = handler.load_model()
+        results = list(handler.run_inference(ROWS, model))
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []
+    assert type(model.model).__name__ == "OnnxQaRunner" and " int8 cpu(" in model.model_id
+    fp32 = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="fp32")
+    reference = list(fp32.run_inference(ROWS, fp32.load_model()))
+    for got, want, (_, context) in zip(results, reference, ROWS):
+        span = got.inference.span
+        assert span and context[span.start:span.end] == span.answer
+        # Same model, int8 weights: the scores stay close to fp32's.
+        assert span.score == pytest.approx(want.inference.span.score, abs=0.05)
