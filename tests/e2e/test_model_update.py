@@ -102,7 +102,7 @@ def test_files_after_a_new_model_is_published_are_answered_by_it(stack, models):
     assert all(len(rows) == 1 for rows in {**before, **after}.values())
     # Each version loaded once in the pipeline's process (the warm-up's load of A is that one).
     text = log.read_text(errors="replace")
-    assert len(re.findall(rf"beam_qa model loaded: {re.escape(stack.model_a)} ", text)) == 1
-    assert len(re.findall(rf"beam_qa model loaded: {re.escape(model_b)} ", text)) == 1
+    assert len(re.findall(rf"beam_qa model loaded: {re.escape(stack.model_a)}@", text)) == 1
+    assert len(re.findall(rf"beam_qa model loaded: {re.escape(model_b)}@", text)) == 1
     assert query(stack.config.pg_dsn, "SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM qa_files") == [
         (6, 6)]

@@ -5,17 +5,22 @@ a sweeper, running every 2 s with a 5 s grace, to find it several times while it
 the lease (renewed by the claiming process and by every chunk) must keep it from being started
 again. Two pipeline processes share the subscription, the bucket and the database, like two
 Dataflow workers: the local DirectRunner runs one work item at a time, so while one process
-answers the file only the other one's sweeper can find it. Writes of the answers CSV are
-counted from fake-gcs-server's own notifications, read from an extra "audit" subscription, not
-from the pipelines' logs.
+answers the file only the other one's sweeper can find it. That runner's clock for timers is
+its Pub/Sub read's watermark, which moves only when a pull returns (after 30 s on an idle
+subscription), so the test publishes a harmless notification (a delete, which the pipeline
+ignores) every half second while it waits. Writes of the answers CSV are counted from
+fake-gcs-server's own notifications, read from an extra "audit" subscription, not from the
+pipelines' logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import re
+import threading
 import time
 
 import pytest
@@ -23,7 +28,8 @@ import pytest
 from beam_qa.dev.stack import Stack
 from beam_qa.dev.squad import squad_rows
 from tests.conftest import csv_bytes, query
-from tests.e2e.support import answers_name, create_subscription, pull_all, running_stack, upload, wait_for_status
+from tests.e2e.support import (
+    answers_name, create_subscription, publish, pull_all, running_stack, upload, wait_for_status)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,6 +64,24 @@ def _rows(start: int, count: int, tag: str) -> bytes:
                                                      for i, r in enumerate(rows)])
 
 
+@contextlib.contextmanager
+def clock_ticking(stack):
+    """Publishes an ignored notification every 0.5 s, so that the idle pipeline's watermark moves."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(0.5):
+            publish(stack, {"eventType": "OBJECT_DELETE", "bucketId": stack.config.bucket,
+                            "objectId": "incoming/tick.csv", "objectGeneration": "1"}, {})
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _finalize_events(stack, name: str) -> list[dict]:
     stack.audited = getattr(stack, "audited", []) + pull_all(stack.config, stack.audit)
     return [m for m in stack.audited if m.get("attributes", {}).get("eventType") == "OBJECT_FINALIZE"
@@ -68,7 +92,8 @@ def test_a_file_slower_than_the_sweep_grace_is_read_answered_and_written_once(st
     blob = upload(bucket, "incoming/slow/big.csv", _rows(0, 300, "big"))
     uri = f"gs://{bucket.name}/{blob.name}"
     starts = [path.stat().st_size for path in stack.logs]
-    wait_for_status(stack, uri, blob.generation, "done", timeout=600)
+    with clock_ticking(stack):
+        wait_for_status(stack, uri, blob.generation, "done", timeout=600)
     (received_at, completed_at, attempt), = query(
         stack.config.pg_dsn, "SELECT received_at, completed_at, attempt FROM qa_files WHERE source_uri = %s", (uri,))
     log = "\n".join(path.read_text(errors="replace")[start:] for path, start in zip(stack.logs, starts))
