@@ -30,7 +30,7 @@ PIPELINE = [
     "numpy>=1.26",
     "google-cloud-pubsub>=2.23,<3",
     # --precision int8: torch's export-based ONNX exporter (needs onnxscript) and ONNX
-    # Runtime's maintained dynamic quantization and int8 kernels (beam_qa/qa/onnx_int8.py).
+    # Runtime's maintained dynamic quantization and int8 kernels (beam_qa/qa/onnx_runtime.py).
     "onnx>=1.17,<2",
     "onnxscript>=0.5,<1",
     "onnxruntime>=1.20,<2",

@@ -60,7 +60,7 @@ def model_concurrency(opts: QaOptions) -> tuple[int, int]:
 
 def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
     return QuestionAnsweringModelHandler(
-        opts.model, device=opts.device, precision=opts.precision, max_seq_len=opts.max_seq_len,
+        opts.model, device=opts.device, precision=opts.precision, runtime=opts.runtime, max_seq_len=opts.max_seq_len,
         doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
         min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=opts.max_batch_duration_secs, concurrency=model_concurrency(opts),

@@ -28,7 +28,7 @@ def base_model(tmp_path_factory) -> str:
 
 
 # A word the poisoned model's tokenizer knows but its embeddings do not: any batch holding
-# it makes the real forward pass raise IndexError, like a model/tokenizer mismatch would.
+# it makes the real forward pass raise "index out of range" (either runtime), like a model/tokenizer mismatch would.
 POISON = "qqboomqq"
 
 

@@ -129,6 +129,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         *,
         device: str = "auto",
         precision: str = "fp32",
+        runtime: str = "auto",
         max_seq_len: int = 384,
         doc_stride: int = 128,
         max_answer_len: int = 15,
@@ -145,6 +146,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         self._model_name = model
         self._device = device
         self._precision = precision
+        self._runtime = runtime
         self._max_seq_len = max_seq_len
         self._doc_stride = doc_stride
         self._max_answer_len = max_answer_len
@@ -172,7 +174,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         if self._watch_pattern:
             model = self._watcher().current()
         else:
-            model = load_model(self._model_name, self._device, self._precision)
+            model = load_model(self._model_name, self._device, self._precision, self._runtime)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
         self._unreported_loads += load_count() - before
@@ -184,7 +186,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         from beam_qa.qa import model_watch
         from beam_qa.settings import StorageSettings
         return model_watch.watcher(self._watch_pattern, self._watch_interval_secs, self._device, self._precision,
-                                   clients.storage(StorageSettings(anonymous=self._storage_anonymous)))
+                                   self._runtime, clients.storage(StorageSettings(anonymous=self._storage_anonymous)))
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """RunInference's hook for a new model: a directory, or its ``config.json``."""

@@ -34,7 +34,7 @@ class LoadedModel:
     model: Any  # called with input_ids/attention_mask/...; returns .start_logits, .end_logits
     device: str
     precision: str  # the resolved precision: fp32, bf16, fp16 or int8
-    model_id: str  # what answers: "NAME@REVISION PRECISION DEVICE(FEATURES)", stored with answers
+    model_id: str  # what answers: "NAME@REVISION PRECISION DEVICE(FEATURES)[ onnxruntime]", stored with answers
     autocast_dtype: Any = None  # a torch dtype for CPU autocast (bf16/fp16), else None
 
     def autocast(self):
@@ -132,17 +132,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(model: str, device: str = "auto", precision: str = "fp32") -> LoadedModel:
+def load_model(model: str, device: str = "auto", precision: str = "fp32", runtime: str = "auto") -> LoadedModel:
     """Loads ``model`` once per process and returns the shared instance.
 
     Beam's shared handle lets the DirectRunner drop a model when it discards a DoFn;
     this process-wide cache keeps it, so every bundle and every file reuses one load.
-    The cache key is the model, the resolved device and the resolved precision.
+    The cache key is the model, the resolved device, precision and runtime.
 
     Args:
         model: Hugging Face id, local directory or gs:// directory.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` or ``auto`` (``beam_qa.qa.precision``).
+        runtime: ``auto``, ``torch`` or ``onnxruntime`` (``beam_qa.qa.precision.resolve_runtime``).
 
     Returns:
         The loaded model.
@@ -150,7 +151,8 @@ def load_model(model: str, device: str = "auto", precision: str = "fp32") -> Loa
     global _LOAD_COUNT
     resolved_device = resolve_device(device)
     resolved_precision = precisions.resolve(precision, resolved_device)
-    key = (model, resolved_device, resolved_precision)
+    resolved_runtime = precisions.resolve_runtime(runtime, resolved_precision, resolved_device)
+    key = (model, resolved_device, resolved_precision, resolved_runtime)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -168,8 +170,11 @@ def load_model(model: str, device: str = "auto", precision: str = "fp32") -> Loa
                                             "question-first (right-padding) models are supported"))
         qa_model.eval()
         revision = weights_revision(qa_model, path)
-        runner, autocast_dtype = _prepare(qa_model, resolved_device, resolved_precision, revision, tokenizer)
+        runner, autocast_dtype = _prepare(qa_model, resolved_device, resolved_precision, resolved_runtime, revision,
+                                          tokenizer)
         model_id = f"{model}@{revision} {resolved_precision} {precisions.describe_device(resolved_device)}"
+        if resolved_runtime == "onnxruntime":
+            model_id += " onnxruntime"
         loaded = LoadedModel(name=model, tokenizer=tokenizer, model=runner, device=resolved_device,
                              precision=resolved_precision, model_id=model_id, autocast_dtype=autocast_dtype)
         _CACHE[key] = loaded
@@ -190,12 +195,14 @@ def evict(model: str) -> None:
             del _CACHE[key]
 
 
-def _prepare(qa_model, device: str, precision: str, revision: str, tokenizer):
+def _prepare(qa_model, device: str, precision: str, runtime: str, revision: str, tokenizer):
     """The callable that runs the forward pass for ``precision``, and the autocast dtype if any."""
     import torch
-    if precision == "int8":
-        from beam_qa.qa import onnx_int8
-        return onnx_int8.quantized_runner(qa_model, tokenizer, revision), None
+    if runtime == "onnxruntime":
+        from beam_qa.qa import onnx_runtime
+        if precision == "int8":
+            return onnx_runtime.quantized_runner(qa_model, tokenizer, revision), None
+        return onnx_runtime.fp32_runner(qa_model, tokenizer, revision), None
     if precisions.device_kind(device) == "cuda":
         # On a GPU the whole model runs in half precision: its tensor cores want both
         # operands in fp16/bf16, and casting weights on every call would waste bandwidth.

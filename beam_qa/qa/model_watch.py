@@ -137,15 +137,15 @@ class ModelWatcher:
             self._thread.join(timeout=5)
 
 
-def watcher(pattern: str, interval_secs: float, device: str, precision: str, storage) -> ModelWatcher:
-    """This process's started watcher for ``pattern`` on ``device`` at ``precision``."""
+def watcher(pattern: str, interval_secs: float, device: str, precision: str, runtime: str, storage) -> ModelWatcher:
+    """This process's started watcher for ``pattern`` on ``device`` at ``precision`` with ``runtime``."""
     from beam_qa.qa import model_store
-    key = (pattern, interval_secs, device, precision)
+    key = (pattern, interval_secs, device, precision, runtime)
     with _LOCK:
         found = _WATCHERS.get(key)
         if found is None:
             found = ModelWatcher(pattern, interval_secs,
-                                 load=lambda directory: model_store.load_model(directory, device, precision),
+                                 load=lambda directory: model_store.load_model(directory, device, precision, runtime),
                                  evict=model_store.evict, storage=storage)
             found.start()
             _WATCHERS[key] = found

@@ -19,6 +19,10 @@ _LOGGER = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 CHOICES = ("auto", *PRECISIONS)
 
+# What runs the forward pass. ONNX Runtime runs fp32 and int8 on a CPU (beam_qa/qa/onnx_runtime.py);
+# torch runs everything else (CUDA, and bf16/fp16 autocast on a CPU).
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
 # The most F1 points a precision may lose against fp32 and still be chosen by ``auto``.
 QUALITY_BOUND_F1 = 1.0
 
@@ -131,6 +135,30 @@ def resolve(requested: str, device: str) -> str:
     if not supported(requested, device):
         _LOGGER.warning("--precision %s has no fast path on this %s (features: %s); it will run, "
                         "but probably slower than fp32", requested, device, ",".join(cpu_features()) or "none")
+    return requested
+
+
+def resolve_runtime(requested: str, precision: str, device: str) -> str:
+    """What runs a resolved ``precision`` on ``device``: ``torch`` or ``onnxruntime``.
+
+    ``auto`` takes ONNX Runtime for fp32 and int8 on a CPU, where its fused graph is the fast
+    path (README "Throughput"), and torch elsewhere.
+
+    Raises:
+        ValueError: for a combination that cannot run, with what to pass instead.
+    """
+    if requested not in RUNTIMES:
+        raise ValueError(f"--runtime {requested!r} is not one of {', '.join(RUNTIMES)}")
+    on_cpu = device_kind(device) == "cpu"
+    if precision == "int8":
+        if requested == "torch":
+            raise ValueError("--precision int8 runs on ONNX Runtime only; pass --runtime auto or onnxruntime.")
+        return "onnxruntime"
+    if requested == "auto":
+        return "onnxruntime" if on_cpu and precision == "fp32" else "torch"
+    if requested == "onnxruntime" and not (on_cpu and precision == "fp32"):
+        raise ValueError(f"--runtime onnxruntime runs fp32 and int8 on a CPU only, not {precision} on {device}; "
+                         "pass --runtime auto or torch.")
     return requested
 
 

@@ -14,7 +14,7 @@ OBJECT_FINALIZE notifications, read from an extra "audit" subscription on its to
 
 The model is the tiny test model with one token, ``qqboomqq``, added to its tokenizer but not to
 its embedding matrix: a row containing it makes the real forward pass of the real handler raise
-``IndexError``, the way a model/tokenizer mismatch would in production; the handler narrows the
+an "index out of range" error, the way a model/tokenizer mismatch would in production; the handler narrows the
 failure down to that row. No test-only code path is needed in the pipeline.
 """
 

@@ -69,6 +69,7 @@ CASES: dict[str, tuple[list[str], list[tuple[str, str | None]]]] = {
          ("models/*/config.json", "not a gs:// URI")]),
     "model_watch_interval_secs": (["60", "0.5"], [("0", None), ("-60", None), ("1m", None)]),
     "device": (["auto", "cpu", "cuda"], [("gpu", None), ("CUDA", None)]),
+    "runtime": (["auto", "torch", "onnxruntime"], [("ort", None), ("TORCH", None)]),
     "precision": (["fp32", "bf16", "fp16", "int8", "auto"], [("int4", None), ("none", None), ("FP32", None)]),
     "max_seq_len": (["384", "512"], [("0", None), ("384.0", None)]),
     "doc_stride": (["128", "1"], [("0", None), ("-128", None)]),

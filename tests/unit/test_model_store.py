@@ -20,9 +20,9 @@ def onnx_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QA_ONNX_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-cache"))
 
 
-def test_model_id_names_weights_precision_and_device(tiny_model):
+def test_model_id_names_weights_precision_device_and_runtime(tiny_model):
     loaded = load_model(tiny_model, "cpu", "fp32")
-    match = re.fullmatch(rf"{re.escape(tiny_model)}@([0-9a-f]{{12}}) fp32 cpu\((.*)\)", loaded.model_id)
+    match = re.fullmatch(rf"{re.escape(tiny_model)}@([0-9a-f]{{12}}) fp32 cpu\((.*)\) onnxruntime", loaded.model_id)
     assert match, loaded.model_id
     assert match.group(2) == precisions.describe_device("cpu")[4:-1]
     # The revision is the weights' content hash: the same files give the same id.
@@ -77,3 +77,33 @@ def test_int8_runs_through_onnx_runtime_without_deprecation_warnings(tiny_model)
         assert span and context[span.start:span.end] == span.answer
         # Same model, int8 weights: the scores stay close to fp32's.
         assert span.score == pytest.approx(want.inference.span.score, abs=0.05)
+
+
+def test_fp32_on_a_cpu_runs_on_onnx_runtime_by_default_with_torchs_answers(tiny_model):
+    """The fused ONNX graph is the same fp32 arithmetic: the answers and scores match torch eager."""
+    rows = ROWS + [(f"Which number is {i}?", " ".join(f"number {j} is here." for j in range(i, i + 40)))
+                   for i in range(6)]
+    ort = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="fp32")
+    eager = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="fp32", runtime="torch")
+    ort_model, eager_model = ort.load_model(), eager.load_model()
+    assert type(ort_model.model).__name__ == "OnnxQaRunner" and ort_model.model_id.endswith(" onnxruntime")
+    assert type(eager_model.model).__name__ != "OnnxQaRunner" and not eager_model.model_id.endswith("onnxruntime")
+    for got, want in zip(ort.run_inference(rows, ort_model), eager.run_inference(rows, eager_model)):
+        a, b = got.inference.span, want.inference.span
+        assert (a.answer, a.start, a.end) == (b.answer, b.start, b.end)
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("runtime, precision, device, expected", [
+    ("auto", "fp32", "cpu", "onnxruntime"), ("auto", "int8", "cpu", "onnxruntime"),
+    ("auto", "bf16", "cpu", "torch"), ("auto", "fp16", "cuda", "torch"), ("auto", "fp32", "cuda", "torch"),
+    ("torch", "fp32", "cpu", "torch"), ("onnxruntime", "fp32", "cpu", "onnxruntime"),
+    ("torch", "int8", "cpu", ValueError), ("onnxruntime", "bf16", "cpu", ValueError),
+    ("onnxruntime", "fp16", "cuda", ValueError),
+])
+def test_the_runtime_follows_precision_and_device(runtime, precision, device, expected):
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="--runtime auto"):
+            precisions.resolve_runtime(runtime, precision, device)
+    else:
+        assert precisions.resolve_runtime(runtime, precision, device) == expected
