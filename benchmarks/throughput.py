@@ -76,7 +76,7 @@ def worker_handler(spec: dict) -> dict:
     rows = common.squad_rows(spec["rows"])
     batch_size = spec["batch_size"]
     handler = QuestionAnsweringModelHandler(spec["model"], device=spec["device"], precision=spec["precision"],
-                                            max_batch_size=batch_size,
+                                            runtime=spec.get("runtime", "auto"), max_batch_size=batch_size,
                                             tokens_per_forward=spec.get("tokens_per_forward") or None)
     t0 = time.perf_counter()
     model = handler.load_model()
@@ -118,9 +118,9 @@ def worker_pipeline(spec: dict) -> dict:
 
 
 def worker_prepare(spec: dict) -> dict:
-    """Loads the model once in a precision, so one-off work (the int8 ONNX file) is cached."""
+    """Loads the model once in a precision, so one-off work (the ONNX files) is cached on disk."""
     from beam_qa.qa.model_store import load_model
-    model = load_model(spec["model"], spec["device"], spec["precision"])
+    model = load_model(spec["model"], spec["device"], spec["precision"], spec.get("runtime", "auto"))
     return {"model_id": model.model_id}
 
 
@@ -189,7 +189,7 @@ def run_pipeline_variant(args, model: str, rows: list[dict], shape: str, precisi
         incoming = write_shape(Path(tmp), rows, files, per_file)
         dsn = fresh_database(database)
         argv = [f"--input_pattern={incoming}/*.csv", f"--model={model}", f"--device={args.device}",
-                f"--precision={precision}", f"--pg_dsn={dsn}", f"--max_batch_size={batch_size}",
+                f"--precision={precision}", f"--runtime={args.runtime}", f"--pg_dsn={dsn}", f"--max_batch_size={batch_size}",
                 "--keep_source", f"--answers_prefix={tmp}/answers/", f"--error_prefix={tmp}/errors/",
                 *shlex.split(args.pipeline_args)]
         result, elapsed = _run_worker("pipeline", {"argv": argv})
@@ -316,6 +316,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {','.join(VARIANTS)}")
     parser.add_argument("--precisions", default="fp32,bf16,int8",
                         help="comma-separated: fp32, bf16, fp16, int8, auto")
+    parser.add_argument("--runtime", choices=["auto", "torch", "onnxruntime"], default="auto",
+                        help="what runs the forward pass in the handler and the pipeline (beam_qa --runtime)")
     parser.add_argument("--shapes", default=",".join(SHAPE_NAMES),
                         help="pipeline file shapes: a one file of all rows, b files of 10 rows, c 10 files")
     parser.add_argument("--batch-size", default="",
@@ -362,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": description, "device": args.device, "machine": machine(),
         "precisions": resolved, "best_precision_within_quality_bound": best,
         "quality_bound_f1": precisions.QUALITY_BOUND_F1, "recorded_f1_loss": dict(precisions.MEASURED_F1_LOSS),
-        "pipeline_args": shlex.split(args.pipeline_args), "shapes": {s: shapes(len(rows))[s] for s in SHAPE_NAMES},
+        "runtime": args.runtime, "pipeline_args": shlex.split(args.pipeline_args),
+        "shapes": {s: shapes(len(rows))[s] for s in SHAPE_NAMES},
         "baseline": None, "handler": {}, "pipeline": {}, "targets": [],
     }
     answers: dict[str, list] = {}
@@ -381,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     base_rate = (report["baseline"] or {}).get("rows_per_s")
 
     for precision in run_precisions:
-        if precision == "int8":
-            # The int8 ONNX file is built once per machine (as a worker image would ship it),
-            # not inside a timed run.
-            _run_worker("prepare", {"model": model, "device": args.device, "precision": precision})
+        # The ONNX files (fp32 and int8 on a CPU) are built once per machine, as a worker image would
+        # ship them, not inside a timed run; a torch precision only loads.
+        _run_worker("prepare", {"model": model, "device": args.device, "precision": precision,
+                                "runtime": args.runtime})
 
     if "handler" in variants:
         for precision in run_precisions:
@@ -394,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{precision}/batch{batch_size}/tokens{budget or 'default'}"
                     _LOGGER.warning("handler %s", name)
                     result, _ = _run_worker("handler", {
-                        "model": model, "device": args.device, "precision": precision, "rows": len(rows),
+                        "model": model, "device": args.device, "precision": precision, "runtime": args.runtime,
+                        "rows": len(rows),
                         "batch_size": batch_size, "tokens_per_forward": budget})
                     answers[f"handler/{name}"] = result.pop("answers")
                     if base_rate:
