@@ -8,7 +8,7 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_qa.csv_rows import DEFAULT_MAX_CONTEXT_CHARS
-from beam_qa.settings import (InputSettings, OutputSettings, PostgresSettings, StorageSettings,
+from beam_qa.settings import (InputSettings, ModelSettings, OutputSettings, PostgresSettings, StorageSettings,
                               SweepSettings)
 from beam_qa.qa import precision as precisions
 
@@ -275,6 +275,17 @@ class QaOptions(PipelineOptions):
     def postgres_settings(self) -> PostgresSettings:
         return PostgresSettings(dsn=self.pg_dsn, password_secret=self.pg_password_secret,
                                 pool_size=self.pg_pool_size, lease_secs=self.lease_secs)
+
+    def model_settings(self, concurrency: tuple[int, int] = (0, 1)) -> ModelSettings:
+        """The model's settings; ``concurrency`` is ``pipeline.model_concurrency``, which needs the runner."""
+        threads, calls = concurrency
+        return ModelSettings(
+            model=self.model, device=self.device, precision=self.precision, runtime=self.runtime,
+            max_seq_len=self.max_seq_len, doc_stride=self.doc_stride, max_answer_len=self.max_answer_len,
+            min_batch_size=self.min_batch_size, max_batch_size=self.max_batch_size,
+            max_batch_duration_secs=self.max_batch_duration_secs, inference_threads=threads,
+            concurrent_calls=calls, watch_pattern=self.model_watch_pattern,
+            watch_interval_secs=self.model_watch_interval_secs)
 
     def storage_settings(self) -> StorageSettings:
         return StorageSettings(anonymous=bool(self.gcs_anonymous))

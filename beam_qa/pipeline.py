@@ -59,13 +59,8 @@ def model_concurrency(opts: QaOptions) -> tuple[int, int]:
 
 
 def make_handler(opts: QaOptions) -> QuestionAnsweringModelHandler:
-    return QuestionAnsweringModelHandler(
-        opts.model, device=opts.device, precision=opts.precision, runtime=opts.runtime, max_seq_len=opts.max_seq_len,
-        doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
-        min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=opts.max_batch_duration_secs, concurrency=model_concurrency(opts),
-        model_watch_pattern=opts.model_watch_pattern, model_watch_interval_secs=opts.model_watch_interval_secs,
-        storage_anonymous=bool(opts.gcs_anonymous))
+    return QuestionAnsweringModelHandler.from_settings(opts.model_settings(model_concurrency(opts)),
+                                                       opts.storage_settings())
 
 
 class _WarmUpFn(beam.DoFn):

@@ -32,6 +32,40 @@ class PostgresSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """Which model answers, how it runs and how RunInference batches its rows.
+
+    Attributes:
+        model: local directory, gs:// directory or Hugging Face model id.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` or ``auto`` (beam_qa/qa/precision.py).
+        runtime: ``auto``, ``torch`` or ``onnxruntime``.
+        max_seq_len, doc_stride, max_answer_len: the windowing and decoding of long contexts.
+        min_batch_size, max_batch_size, max_batch_duration_secs: RunInference's BatchElements.
+        tokens_per_forward: padded tokens per forward pass, or None for the device's default.
+        inference_threads: intra-op threads per model call; 0 keeps torch's default.
+        concurrent_calls: model calls at once in one worker process.
+        watch_pattern, watch_interval_secs: where new model versions appear, how often to look.
+    """
+
+    model: str
+    device: str = "auto"
+    precision: str = "fp32"
+    runtime: str = "auto"
+    max_seq_len: int = 384
+    doc_stride: int = 128
+    max_answer_len: int = 15
+    min_batch_size: int = 1
+    max_batch_size: int = 32
+    max_batch_duration_secs: float | None = None
+    tokens_per_forward: int | None = None
+    inference_threads: int = 0
+    concurrent_calls: int = 1
+    watch_pattern: str | None = None
+    watch_interval_secs: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class StorageSettings:
     """How to reach GCS (or local files)."""
 

@@ -17,6 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from beam_qa import metrics
 from beam_qa.qa import decode
 from beam_qa.qa.model_store import LoadedModel, load_count, load_model
+from beam_qa.settings import ModelSettings, StorageSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -162,6 +163,18 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         if max_batch_duration_secs is not None:
             self._batch_kwargs["max_batch_duration_secs"] = max_batch_duration_secs
 
+    @classmethod
+    def from_settings(cls, model: ModelSettings, storage: StorageSettings) -> QuestionAnsweringModelHandler:
+        """The handler the pipeline runs: one settings object for the model, one for storage."""
+        return cls(model.model, device=model.device, precision=model.precision, runtime=model.runtime,
+                   max_seq_len=model.max_seq_len, doc_stride=model.doc_stride, max_answer_len=model.max_answer_len,
+                   min_batch_size=model.min_batch_size, max_batch_size=model.max_batch_size,
+                   max_batch_duration_secs=model.max_batch_duration_secs,
+                   tokens_per_forward=model.tokens_per_forward,
+                   concurrency=(model.inference_threads, model.concurrent_calls),
+                   model_watch_pattern=model.watch_pattern, model_watch_interval_secs=model.watch_interval_secs,
+                   storage_anonymous=storage.anonymous)
+
     def load_model(self) -> LoadedModel:
         before = load_count()
         if self._inference_threads > 0:
@@ -184,7 +197,6 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         """This process's watcher of ``--model_watch_pattern`` (started, holding the newest model)."""
         from beam_qa import clients
         from beam_qa.qa import model_watch
-        from beam_qa.settings import StorageSettings
         return model_watch.watcher(self._watch_pattern, self._watch_interval_secs, self._device, self._precision,
                                    self._runtime, clients.storage(StorageSettings(anonymous=self._storage_anonymous)))
 

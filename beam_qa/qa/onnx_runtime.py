@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import types
 import warnings
@@ -126,8 +127,8 @@ def _build_once(directory: Path, target_name: str, build) -> Path:
     build(staging)
     try:
         staging.rename(directory)
-    except OSError:
-        pass  # another process finished first; its file is complete
+    except OSError:  # another process finished first; its file is complete
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -107,3 +107,29 @@ def test_the_runtime_follows_precision_and_device(runtime, precision, device, ex
             precisions.resolve_runtime(runtime, precision, device)
     else:
         assert precisions.resolve_runtime(runtime, precision, device) == expected
+
+
+def test_an_onnx_file_is_built_once_and_a_racing_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    import shutil
+
+    from beam_qa.qa.onnx_runtime import _build_once
+    builds = []
+
+    def build(staging):
+        builds.append(staging)
+        (staging / "model.onnx").write_text(f"build {len(builds)}")
+
+    directory = tmp_path / "rev-fp32"
+    first = _build_once(directory, "model.onnx", build)
+    assert first.read_text() == "build 1"
+    assert _build_once(directory, "model.onnx", build) == first and len(builds) == 1  # cached
+
+    # A process that looked before another one finished: it builds too, and its rename loses.
+    shutil.rmtree(directory)
+    directory.mkdir()
+    (directory / "model.onnx").write_text("the winner's")
+    real_is_file = type(first).is_file
+    monkeypatch.setattr(type(first), "is_file", lambda self: self != first and real_is_file(self))
+    assert _build_once(directory, "model.onnx", build).read_text() == "the winner's"
+    assert len(builds) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rev-fp32"]  # no staging folder left

@@ -96,3 +96,20 @@ def test_model_calls_share_the_cpus_without_oversubscribing_them(extra, expected
     from beam_qa import pipeline
     monkeypatch.setattr(pipeline, "usable_cpus", lambda: 8)
     assert pipeline.model_concurrency(parse_options(BASE + ["--input_pattern=x"] + extra)) == expected
+
+
+def test_the_handler_is_built_from_one_model_settings_object(monkeypatch):
+    from beam_qa import pipeline
+    monkeypatch.setattr(pipeline, "usable_cpus", lambda: 4)
+    opts = parse_options(BASE + ["--input_pattern=x", "--precision=bf16", "--runtime=torch", "--max_seq_len=256",
+                                 "--max_batch_size=8", "--max_batch_duration_secs=2", "--direct_num_workers=2",
+                                 "--model_watch_pattern=gs://b/models/*/config.json", "--gcs_anonymous"])
+    settings = opts.model_settings(pipeline.model_concurrency(opts))
+    assert (settings.precision, settings.runtime, settings.max_seq_len) == ("bf16", "torch", 256)
+    assert (settings.inference_threads, settings.concurrent_calls) == (2, 2)
+    handler = pipeline.make_handler(opts)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8,
+                                               "max_batch_duration_secs": 2.0}
+    assert (handler._precision, handler._runtime, handler._max_seq_len) == ("bf16", "torch", 256)
+    assert (handler._inference_threads, handler._concurrent_calls) == (2, 2)
+    assert handler._watch_pattern == "gs://b/models/*/config.json" and handler._storage_anonymous
