@@ -21,6 +21,7 @@ Usage: ``make demo-model`` (``python -m beam_qa.dev.demo_model [--force]``)
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -60,6 +61,8 @@ class Recipe:
     weight_decay: float = 0.01
     max_seq_len: int = 384
     doc_stride: int = 128
+    # "all": learn every reference answer of a question (see ``qa_loss``); "first": the first only.
+    references: str = "all"
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -122,7 +125,9 @@ def training_features(tokenizer, questions, recipe: Recipe) -> list[dict]:
     """Tokenized windows with start/end token labels (CLS when the answer is not in the window).
 
     The standard SQuAD preprocessing: context windows of ``max_seq_len`` tokens overlapping
-    by ``doc_stride``, labelled with the first reference answer.
+    by ``doc_stride``. ``start_positions``/``end_positions`` label the first reference answer;
+    ``targets`` holds ``(start, end, weight)`` for every reference answer (the SQuAD dev set has
+    up to five per question, from different annotators), each weighing ``1/len(answers)``.
     """
     encoded = tokenizer([q.question for q in questions], [q.context for q in questions],
                         truncation="only_second", max_length=recipe.max_seq_len, stride=recipe.doc_stride,
@@ -130,23 +135,32 @@ def training_features(tokenizer, questions, recipe: Recipe) -> list[dict]:
     features = []
     for index, offsets in enumerate(encoded["offset_mapping"]):
         question = questions[encoded["overflow_to_sample_mapping"][index]]
-        start_char = question.answer_starts[0]
-        end_char = start_char + len(question.answers[0])
         sequence_ids = encoded.sequence_ids(index)
         context_tokens = [i for i, sid in enumerate(sequence_ids) if sid == 1]
-        first, last = context_tokens[0], context_tokens[-1]
-        start_token = end_token = 0
-        if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
-            start_token = first
-            while start_token <= last and offsets[start_token][1] <= start_char:
-                start_token += 1
-            end_token = last
-            while end_token >= first and offsets[end_token][0] >= end_char:
-                end_token -= 1
+        window = (offsets, context_tokens[0], context_tokens[-1])
+        spans = [_answer_tokens(window, start, start + len(text))
+                 for start, text in zip(question.answer_starts, question.answers)]
+        targets = collections.Counter(spans if recipe.references == "all" else spans[:1])
+        total = sum(targets.values())
         features.append({"input_ids": encoded["input_ids"][index],
                          "token_type_ids": encoded.encodings[index].type_ids,
-                         "start_positions": start_token, "end_positions": end_token})
+                         "start_positions": spans[0][0], "end_positions": spans[0][1],
+                         "targets": [(s, e, n / total) for (s, e), n in sorted(targets.items())]})
     return features
+
+
+def _answer_tokens(window, start_char: int, end_char: int) -> tuple[int, int]:
+    """The first and last token of the answer ``[start_char, end_char)``, or CLS ``(0, 0)``."""
+    offsets, first, last = window
+    if not (offsets[first][0] <= start_char and offsets[last][1] >= end_char):
+        return 0, 0
+    start_token = first
+    while start_token <= last and offsets[start_token][1] <= start_char:
+        start_token += 1
+    end_token = last
+    while end_token >= first and offsets[end_token][0] >= end_char:
+        end_token -= 1
+    return start_token, end_token
 
 
 def batches(features: list[dict], batch_size: int, rng: random.Random) -> list[list[dict]]:
@@ -174,9 +188,27 @@ def collate(batch: list[dict]):
         ids[row, :length] = torch.tensor(feature["input_ids"])
         types[row, :length] = torch.tensor(feature["token_type_ids"])
         mask[row, :length] = 1
+    # Target distributions over the window's tokens: each reference answer's share.
+    start_targets = torch.zeros((len(batch), width))
+    end_targets = torch.zeros((len(batch), width))
+    for row, feature in enumerate(batch):
+        for start, end, weight in feature["targets"]:
+            start_targets[row, start] += weight
+            end_targets[row, end] += weight
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-            "start_positions": torch.tensor([f["start_positions"] for f in batch]),
-            "end_positions": torch.tensor([f["end_positions"] for f in batch])}
+            "start_targets": start_targets, "end_targets": end_targets}
+
+
+def qa_loss(outputs, batch) -> "torch.Tensor":
+    """Cross-entropy of the start and end logits against every reference answer's share.
+
+    With one reference this is ``BertForQuestionAnswering``'s own loss; with several, the
+    model learns the spread of the annotators' spans instead of the first one's alone.
+    """
+    import torch
+    start = -(batch["start_targets"] * torch.log_softmax(outputs.start_logits.float(), dim=-1)).sum(-1)
+    end = -(batch["end_targets"] * torch.log_softmax(outputs.end_logits.float(), dim=-1)).sum(-1)
+    return (start.mean() + end.mean()) / 2
 
 
 # --- the build ---------------------------------------------------------------------------
@@ -219,8 +251,11 @@ def train(base: Path, target: Path, recipe: Recipe, train_questions) -> dict:
     progress = tqdm(total=total_steps, desc="fine-tuning", unit="step", file=sys.stderr)
     for epoch in range(recipe.epochs):
         for batch in batches(features, recipe.batch_size, rng):
+            inputs = collate(batch)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(**collate(batch)).loss
+                outputs = model(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"],
+                                attention_mask=inputs["attention_mask"])
+            loss = qa_loss(outputs, inputs)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -16,6 +16,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_qa import metrics
 from beam_qa.qa import decode
+from beam_qa.qa import precision as precisions
 from beam_qa.qa.model_store import LoadedModel, load_count, load_model
 from beam_qa.settings import ModelSettings, StorageSettings
 
@@ -26,8 +27,10 @@ METRICS_NAMESPACE = metrics.NAMESPACE
 QaExample = tuple[str, str]  # (question, context)
 
 # Padded tokens per forward pass. On a CPU, passes that stay cache-sized beat one big
-# pass per row (see README "Performance"); a GPU wants large batches.
+# pass per row (see README "Throughput"); AMX's bf16 tiles want larger passes; a GPU wants
+# large batches.
 CPU_TOKENS_PER_FORWARD = 1024
+CPU_AMX_BF16_TOKENS_PER_FORWARD = 4096
 GPU_TOKENS_PER_FORWARD = 65536
 
 
@@ -36,9 +39,18 @@ GPU_TOKENS_PER_FORWARD = 65536
 TRANSIENT_ATTEMPTS_PER_ROW = 3
 
 
-def default_tokens_per_forward(device: str) -> int:
-    """The micro-batch budget for a resolved device (``cpu``, ``cuda`` or ``cuda:N``)."""
-    return GPU_TOKENS_PER_FORWARD if str(device).startswith("cuda") else CPU_TOKENS_PER_FORWARD
+def default_tokens_per_forward(device: str, precision: str = "fp32",
+                               features: tuple[str, ...] | None = None) -> int:
+    """The micro-batch budget for a resolved device (``cpu``, ``cuda`` or ``cuda:N``) and precision.
+
+    ``features`` are the CPU's (default: this machine's, ``precision.cpu_features()``).
+    """
+    if str(device).startswith("cuda"):
+        return GPU_TOKENS_PER_FORWARD
+    if precision == "bf16":
+        if "amx_bf16" in (precisions.cpu_features() if features is None else features):
+            return CPU_AMX_BF16_TOKENS_PER_FORWARD
+    return CPU_TOKENS_PER_FORWARD
 
 
 def usable_cpus() -> int:
@@ -348,7 +360,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         input_names = [n for n in model.tokenizer.model_input_names
                        if n in ("input_ids", "attention_mask", "token_type_ids")]
         pad_id = model.tokenizer.pad_token_id or 0
-        budget = self._tokens_per_forward or default_tokens_per_forward(model.device)
+        budget = self._tokens_per_forward or default_tokens_per_forward(model.device, model.precision)
         for chunk in self._micro_batches(ordered, budget):
             width = chunk[-1].length
             ids = np.full((len(chunk), width), pad_id, dtype=np.int64)

@@ -1,6 +1,6 @@
 """With the demo model, `make run`'s stack answers the README's Eiffel Tower example through the web page.
 
-Needs the demo model (`make demo-model`, about 15 minutes); skips when it is not built.
+Needs the demo model (`make demo-model`, about 12 minutes); skips when it is not built.
 The stack chooses the model itself, as `make run` does without QA_MODEL and without the Hub.
 """
 
@@ -12,7 +12,7 @@ from beam_qa.dev import demo_model
 from beam_qa.dev.squad_eval import normalize_answer
 from tests.conftest import csv_bytes
 from tests.upload.conftest import log_tail
-from tests.upload.test_browser import page  # noqa: F401  (the chromium page fixture)
+from tests.upload.test_browser import page, row, wait_for_rows  # noqa: F401  (page: the chromium fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +40,11 @@ def test_the_page_answers_the_eiffel_tower_example(demo_stack, page, tmp_path): 
     path = tmp_path / "my.csv"
     path.write_bytes(csv_bytes(["id", "question", "context"], [list(README_EXAMPLE)]))
     page.goto(demo_stack.config.upload_url + "/")
-    page.set_input_files("#file", str(path))
+    page.set_input_files("#files", str(path))
     page.click("#upload-button")
-    try:
-        page.wait_for_selector("#answers tbody tr:nth-child(1)", timeout=90_000)
-    except Exception:  # pylint: disable=broad-except
-        pytest.fail(f"no answer; status {page.text_content('#status')!r}\n{log_tail(demo_stack, 'pipeline')}")
+    wait_for_rows(page, ["my.csv"], ("done",), demo_stack)
+    page.click(f'{row(page, "my.csv")} button.show-answers')
+    page.wait_for_selector("#answers tbody tr:nth-child(1)")
     cells = page.eval_on_selector_all("#answers tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.textContent))")
     answer = cells[0][3]
     # A real model finds the place; random weights give spans like "lattice tower on the".

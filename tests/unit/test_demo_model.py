@@ -41,6 +41,42 @@ def test_training_labels_point_at_the_answer_tokens(tokenizer):
     assert labelled >= len(questions)
 
 
+def test_every_reference_answer_is_a_target_weighted_by_its_annotators(tokenizer):
+    train, _ = squad_eval.split(squad_eval.load_questions())
+    several = [q for q in train if len(set(zip(q.answer_starts, q.answers))) >= 2][:40]
+    encoded = tokenizer([q.question for q in several], [q.context for q in several], truncation="only_second",
+                        max_length=384, stride=128, return_overflowing_tokens=True, return_offsets_mapping=True)
+    features = demo_model.training_features(tokenizer, several, demo_model.Recipe())
+    firsts = demo_model.training_features(tokenizer, several, demo_model.Recipe(references="first"))
+    spread = 0
+    for index, (feature, first) in enumerate(zip(features, firsts)):
+        q = several[encoded["overflow_to_sample_mapping"][index]]
+        offsets = encoded["offset_mapping"][index]
+        assert abs(sum(w for _, _, w in feature["targets"]) - 1) < 1e-9
+        assert first["targets"] == [(feature["start_positions"], feature["end_positions"], 1.0)]
+        for start, end, weight in feature["targets"]:
+            if start:
+                span = q.context[offsets[start][0]:offsets[end][1]]
+                assert any(a.strip() in span and len(span) <= len(a) + 10 for a in q.answers), span
+            # Annotators who marked the same span add up.
+            assert weight * len(q.answers) == pytest.approx(round(weight * len(q.answers)))
+        spread += len(feature["targets"]) >= 2
+    assert spread >= len(several) // 2
+
+
+def test_the_loss_with_one_reference_is_the_models_own(tiny_model):
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+    torch.manual_seed(0)
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_model)
+    batch = demo_model.collate([
+        {"input_ids": [101, 7, 8, 9, 102], "token_type_ids": [0] * 5, "targets": [(2, 3, 1.0)]},
+        {"input_ids": [101, 7, 8, 102], "token_type_ids": [0] * 4, "targets": [(0, 0, 1.0)]}])
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    outputs = model(**inputs, start_positions=torch.tensor([2, 0]), end_positions=torch.tensor([3, 0]))
+    assert demo_model.qa_loss(outputs, batch).item() == pytest.approx(outputs.loss.item(), rel=1e-5)
+
+
 def test_batches_cover_every_feature_once_and_are_reproducible():
     features = [{"input_ids": [0] * (10 + i % 37)} for i in range(500)]
     first = demo_model.batches(features, 16, random.Random(0))

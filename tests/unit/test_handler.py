@@ -131,6 +131,16 @@ def test_gpus_get_a_larger_micro_batch_budget_than_cpus():
     assert default_tokens_per_forward("cuda:1") == default_tokens_per_forward("cuda")
 
 
+def test_bf16_on_a_cpu_with_amx_gets_larger_passes_and_nothing_else_does():
+    from beam_qa.qa.handler import CPU_AMX_BF16_TOKENS_PER_FORWARD, CPU_TOKENS_PER_FORWARD, default_tokens_per_forward
+    amx = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    zen4 = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni")
+    assert default_tokens_per_forward("cpu", "bf16", amx) == CPU_AMX_BF16_TOKENS_PER_FORWARD > CPU_TOKENS_PER_FORWARD
+    assert default_tokens_per_forward("cpu", "bf16", zen4) == CPU_TOKENS_PER_FORWARD
+    assert default_tokens_per_forward("cpu", "int8", amx) == CPU_TOKENS_PER_FORWARD
+    assert default_tokens_per_forward("cpu", "fp32", amx) == CPU_TOKENS_PER_FORWARD
+
+
 @pytest.mark.parametrize("error, transient", [
     (MemoryError(), True),
     (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),

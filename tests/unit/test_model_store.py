@@ -55,8 +55,13 @@ def test_auto_resolves_before_the_cache_key(tiny_model):
 
 
 def test_bf16_answers_are_spans_of_the_context(tiny_model):
+    import torch
     handler = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="bf16")
-    for (question, context), result in zip(ROWS, handler.run_inference(ROWS, handler.load_model())):
+    model = handler.load_model()
+    # The whole model is cast once (no autocast re-casting the weights on every call).
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+    assert model.autocast_dtype is None
+    for (question, context), result in zip(ROWS, handler.run_inference(ROWS, model)):
         span = result.inference.span
         assert span and context[span.start:span.end] == span.answer
 
