@@ -372,7 +372,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 types[row, :window.length] = window.encoding.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             inputs = {name: torch.from_numpy(arrays[name]).to(model.device) for name in input_names}
-            with _ForwardSlots.get(self._concurrent_calls), torch.inference_mode(), model.autocast():
+            with _ForwardSlots.get(self._concurrent_calls), torch.inference_mode():
                 output = model.model(**inputs)
             yield chunk, (output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy())
 

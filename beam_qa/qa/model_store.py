@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -35,14 +34,6 @@ class LoadedModel:
     device: str
     precision: str  # the resolved precision: fp32, bf16, fp16 or int8
     model_id: str  # what answers: "NAME@REVISION PRECISION DEVICE(FEATURES)[ onnxruntime]", stored with answers
-    autocast_dtype: Any = None  # a torch dtype for CPU autocast (bf16/fp16), else None
-
-    def autocast(self):
-        """The context the forward pass runs in: autocast for bf16/fp16 on a CPU, else nothing."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        import torch
-        return torch.autocast(precisions.device_kind(self.device), dtype=self.autocast_dtype)
 
 
 def advice(model: str, reason: str) -> str:
@@ -170,13 +161,12 @@ def load_model(model: str, device: str = "auto", precision: str = "fp32", runtim
                                             "question-first (right-padding) models are supported"))
         qa_model.eval()
         revision = weights_revision(qa_model, path)
-        runner, autocast_dtype = _prepare(qa_model, resolved_device, resolved_precision, resolved_runtime, revision,
-                                          tokenizer)
+        runner = _prepare(qa_model, resolved_device, resolved_precision, resolved_runtime, revision, tokenizer)
         model_id = f"{model}@{revision} {resolved_precision} {precisions.describe_device(resolved_device)}"
         if resolved_runtime == "onnxruntime":
             model_id += " onnxruntime"
         loaded = LoadedModel(name=model, tokenizer=tokenizer, model=runner, device=resolved_device,
-                             precision=resolved_precision, model_id=model_id, autocast_dtype=autocast_dtype)
+                             precision=resolved_precision, model_id=model_id)
         _CACHE[key] = loaded
         _LOAD_COUNT += 1
         _LOGGER.info("beam_qa model loaded: %s (precision %s requested; cpu features: %s; torch threads %d; "
@@ -196,26 +186,21 @@ def evict(model: str) -> None:
 
 
 def _prepare(qa_model, device: str, precision: str, runtime: str, revision: str, tokenizer):
-    """The callable that runs the forward pass for ``precision``, and the autocast dtype if any."""
+    """The callable that runs the forward pass for ``precision`` on ``device``."""
     import torch
     if runtime == "onnxruntime":
         from beam_qa.qa import onnx_runtime
         if precision == "int8":
-            return onnx_runtime.quantized_runner(qa_model, tokenizer, revision), None
-        return onnx_runtime.fp32_runner(qa_model, tokenizer, revision), None
-    if precisions.device_kind(device) == "cuda":
-        # On a GPU the whole model runs in half precision: its tensor cores want both
-        # operands in fp16/bf16, and casting weights on every call would waste bandwidth.
-        if precision in ("fp16", "bf16"):
-            qa_model = qa_model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
-        return qa_model.to(device), None
-    # On a CPU too the whole model runs in bf16 (or fp16): with native bf16 (AVX-512 BF16, AMX)
-    # that is the fast path, faster than autocast, which re-casts every weight on every call
-    # and promotes the residual stream back to fp32 (README "Throughput"); torch's layer-norm
-    # and softmax kernels accumulate in fp32 inside. ``make quality`` measures what it keeps.
+            return onnx_runtime.quantized_runner(qa_model, tokenizer, revision)
+        return onnx_runtime.fp32_runner(qa_model, tokenizer, revision)
+    # fp16/bf16 run the whole model in half precision, cast once here: a GPU's tensor cores
+    # want both operands in it, and on a CPU with native bf16 (AVX-512 BF16, AMX) it is faster
+    # than autocast, which re-casts every weight on every call and promotes the residual stream
+    # back to fp32 (README "Throughput"). torch's layer-norm and softmax kernels accumulate in
+    # fp32 inside; ``make quality`` measures what it keeps.
     if precision in ("fp16", "bf16"):
         qa_model = qa_model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
-    return qa_model.to(device), None
+    return qa_model.to(device)
 
 
 def _torch_threads() -> int:

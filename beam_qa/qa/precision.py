@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 CHOICES = ("auto", *PRECISIONS)
 
 # What runs the forward pass. ONNX Runtime runs fp32 and int8 on a CPU (beam_qa/qa/onnx_runtime.py);
-# torch runs everything else (CUDA, and bf16/fp16 autocast on a CPU).
+# torch runs everything else (CUDA, and bf16/fp16 on a CPU).
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
 # The most F1 points a precision may lose against fp32 and still be chosen by ``auto``.
