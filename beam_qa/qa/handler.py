@@ -61,6 +61,61 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def greedy_runs(lengths: Sequence[int], budget: int) -> list[int]:
+    """Run sizes that fill each run in turn up to ``budget`` padded tokens (one window at least).
+
+    ``lengths`` are sorted ascending, so a run is padded to its last window.
+    """
+    runs: list[int] = []
+    for length in lengths:
+        if runs and (runs[-1] + 1) * length <= budget:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
+def least_padding_runs(lengths: Sequence[int], budget: int) -> list[int]:
+    """Run sizes over ascending ``lengths``: as few runs as ``greedy_runs``, padded the least.
+
+    The greedy fill cuts wherever the budget runs out and pads each run to its longest window;
+    on a batch that mixes rows of many files that wastes compute (``python -m
+    benchmarks.padding`` counts it). This is our own small dynamic programme, since no library
+    splits a sorted sequence under a budget: the least padded tokens covering the first ``j``
+    windows in ``k`` runs, for ``k`` up to the greedy count (fewer runs win a tie), in
+    O(runs x windows x windows per run) with numpy over the last dimension.
+    """
+    sizes = np.asarray(lengths, dtype=np.int64)
+    count = len(sizes)
+    if count == 0:
+        return []
+    most = len(greedy_runs(lengths, budget))
+    # The run that ends at window j (exclusive) holds at most budget // its last window, one at least.
+    first = [max(0, j - max(1, budget // int(sizes[j - 1]))) for j in range(1, count + 1)]
+    padded = np.full(count + 1, np.inf)
+    padded[0] = 0.0
+    starts: list[np.ndarray] = []
+    best_padding, best_runs = np.inf, 0
+    for runs in range(1, most + 1):
+        now = np.full(count + 1, np.inf)
+        start = np.zeros(count + 1, dtype=np.int64)
+        for j in range(1, count + 1):
+            lo = first[j - 1]
+            cost = padded[lo:j] + (j - np.arange(lo, j)) * sizes[j - 1]
+            at = int(np.argmin(cost))
+            now[j], start[j] = cost[at], lo + at
+        starts.append(start)
+        padded = now
+        if padded[count] < best_padding:
+            best_padding, best_runs = padded[count], runs
+    out, end = [], count
+    for runs in range(best_runs, 0, -1):
+        begin = int(starts[runs - 1][end])
+        out.append(end - begin)
+        end = begin
+    return out[::-1]
+
+
 class TransientInferenceError(RuntimeError):
     """A resource error (out of memory, ...) that in-process retries did not cure.
 
@@ -340,18 +395,16 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             windows.append(_Window(example=int(example), order=order, encoding=encoding, p_mask=p_mask))
         return windows, errors
 
-    @staticmethod
-    def _micro_batches(ordered: list[_Window], budget: int):
-        """Splits length-sorted windows into runs of at most ``budget`` padded tokens (one window at least)."""
-        chunk: list[_Window] = []
-        for window in ordered:
-            # Sorted by length, so the newest window sets the padded width.
-            if chunk and (len(chunk) + 1) * window.length > budget:
-                yield chunk
-                chunk = []
-            chunk.append(window)
-        if chunk:
-            yield chunk
+    # How length-sorted windows are cut into micro-batches: run sizes from (lengths, budget).
+    split_runs = staticmethod(least_padding_runs)
+
+    @classmethod
+    def _micro_batches(cls, ordered: list[_Window], budget: int):
+        """Splits length-sorted windows into runs of at most ``budget`` padded tokens (``split_runs``)."""
+        begin = 0
+        for size in cls.split_runs([window.length for window in ordered], budget):
+            yield ordered[begin:begin + size]
+            begin += size
 
     def _forward(self, windows: list[_Window], model: LoadedModel):
         """Yields ``(chunk, (start_logits, end_logits))`` per length-sorted micro-batch."""

@@ -27,13 +27,15 @@ RUNTIMES = ("auto", "torch", "onnxruntime")
 QUALITY_BOUND_F1 = 1.0
 
 # F1 points lost against fp32 by the demo model on its held-out articles, measured with
-# ``make quality`` (README "Precision"). ``make quality`` exits 1 when a fresh measurement
-# puts a precision on the other side of the bound from this table, so it cannot drift.
+# ``make quality`` (README "Precision"): the larger loss of the two machines measured (an Intel
+# Xeon with AMX: bf16 0.30, fp16 0.00, int8 -1.47; an AMD EPYC without: 0.01, 0.11, 0.12).
+# ``make quality`` exits 1 when a fresh measurement puts a precision on the other side of the
+# bound from this table, so it cannot drift.
 MEASURED_F1_LOSS: dict[str, float] = {
     "fp32": 0.0,
     "bf16": 0.30,
-    "fp16": 0.0,
-    "int8": -1.47,
+    "fp16": 0.11,
+    "int8": 0.12,
 }
 
 # Flags of /proc/cpuinfo that decide which precisions are fast on a CPU.

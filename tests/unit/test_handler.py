@@ -124,6 +124,62 @@ def test_micro_batches_stay_within_the_token_budget_and_keep_every_window():
     assert [len(c) for c in QuestionAnsweringModelHandler._micro_batches(windows[-2:], 100)] == [1, 1]
 
 
+def _padded(lengths, runs):
+    total, begin = 0, 0
+    for size in runs:
+        total += size * lengths[begin + size - 1]
+        begin += size
+    return total
+
+
+def test_the_split_pads_least_with_no_more_passes_than_the_greedy_fill():
+    from beam_qa.qa.handler import greedy_runs, least_padding_runs
+    # The greedy fill packs three short windows with a long one and pads them all to 200.
+    lengths = [10, 10, 10, 200, 200, 200]
+    assert greedy_runs(lengths, 800) == [4, 2]
+    assert _padded(lengths, greedy_runs(lengths, 800)) == 1200
+    assert least_padding_runs(lengths, 800) == [3, 3]
+    assert _padded(lengths, [3, 3]) == 630
+    assert least_padding_runs([], 800) == []
+    assert least_padding_runs([500, 900], 800) == [1, 1]  # longer than the budget: alone
+
+
+def test_the_split_is_the_least_padding_one_among_all_splits_within_budget_and_pass_count():
+    import itertools
+    import random
+
+    from beam_qa.qa.handler import greedy_runs, least_padding_runs
+    rng = random.Random(7)
+    for _ in range(300):
+        budget = rng.choice([300, 800, 1024])
+        lengths = sorted(rng.randint(5, 384) for _ in range(rng.randint(1, 9)))
+        runs = least_padding_runs(lengths, budget)
+        most = len(greedy_runs(lengths, budget))
+        assert sum(runs) == len(lengths) and len(runs) <= most
+
+        def fits(split):
+            begin = 0
+            for size in split:
+                if size > 1 and size * lengths[begin + size - 1] > budget:
+                    return False
+                begin += size
+            return True
+
+        splits = []
+        for cuts in itertools.product([0, 1], repeat=len(lengths) - 1):
+            split, size = [], 1
+            for cut in cuts:
+                if cut:
+                    split.append(size)
+                    size = 0
+                size += 1
+            split.append(size)
+            if len(split) <= most and fits(split):
+                splits.append(split)
+        assert fits(runs)
+        assert _padded(lengths, runs) == min(_padded(lengths, split) for split in splits)
+
+
 def test_gpus_get_a_larger_micro_batch_budget_than_cpus():
     from beam_qa.qa.handler import CPU_TOKENS_PER_FORWARD, default_tokens_per_forward
     assert default_tokens_per_forward("cpu") == CPU_TOKENS_PER_FORWARD
