@@ -41,11 +41,10 @@ def batches(rows: list[dict], shape: str, batch_size: int, seed: int) -> list[li
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
-def window_lengths(tokenizer, batch: list[dict], max_seq_len: int = 384, stride: int = 128) -> list[int]:
-    """The sorted window lengths the handler forms for one batch (the same tokenizer call)."""
-    encoded = tokenizer([r["question"] for r in batch], [r["context"] for r in batch], truncation="only_second",
-                        max_length=max_seq_len, stride=stride, return_overflowing_tokens=True, padding=False)
-    return sorted(len(encoding.ids) for encoding in encoded.encodings)
+def window_lengths(handler, tokenizer, batch: list[dict]) -> list[int]:
+    """The sorted window lengths the handler forms for one batch (its own tokenizer call)."""
+    windows, _ = handler._tokenize([(r["question"], r["context"]) for r in batch], tokenizer)  # pylint: disable=protected-access
+    return sorted(window.length for window in windows)
 
 
 def count(lengths_per_batch: list[list[int]], budget: int, split) -> dict:
@@ -116,14 +115,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
-    from beam_qa.qa.handler import greedy_runs, least_padding_runs
+    from beam_qa.qa.handler import QuestionAnsweringModelHandler, greedy_runs, least_padding_runs
     args = parse_args(argv)
     model = str(common.base_model()) if args.model == "base" else args.model
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    handler, tokenizer = QuestionAnsweringModelHandler(model), AutoTokenizer.from_pretrained(model)
     rows = common.squad_rows(args.rows)
     results = []
     for shape in ("a", "b"):
-        lengths = [window_lengths(tokenizer, batch) for batch in batches(rows, shape, args.batch_size, args.seed)]
+        lengths = [window_lengths(handler, tokenizer, batch)
+                   for batch in batches(rows, shape, args.batch_size, args.seed)]
         for budget in (int(b) for b in args.budgets.split(",")):
             greedy, least = count(lengths, budget, greedy_runs), count(lengths, budget, least_padding_runs)
             results.append({"shape": shape, "tokens_per_forward": budget, "greedy": greedy, "least_padding": least,
