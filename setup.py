@@ -72,7 +72,7 @@ setuptools.setup(
     version="0.1.0",
     description="Extractive question answering over uploaded CSV files with Apache Beam",
     packages=setuptools.find_packages(include=["beam_qa", "beam_qa.*", "upload_service", "upload_service.*"]),
-    package_data={"beam_qa": ["sql/migrations/*.sql"], "upload_service": ["templates/*", "static/*"]},
+    package_data={"beam_qa": ["store/migrations/*.sql"], "upload_service": ["templates/*", "static/*"]},
     python_requires=">=3.10",
     install_requires=COMMON,
     extras_require={"pipeline": PIPELINE, "upload": UPLOAD, "dev": DEV},

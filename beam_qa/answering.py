@@ -14,8 +14,7 @@ from apache_beam import pvalue
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_qa import metrics
-from beam_qa.clients import WorkerDoFn
-from beam_qa.errors import row_error_kind
+from beam_qa.runtime import WorkerDoFn
 from beam_qa.qa.handler import QaPrediction, QuestionAnsweringModelHandler
 from beam_qa.records import Chunk, RowOutcome
 from beam_qa.settings import PostgresSettings
@@ -50,7 +49,7 @@ def _explode(chunk: Chunk):
         outcome = RowOutcome(event=chunk.event, attempt=chunk.attempt, chunk=chunk.index,
                              chunk_first_row=chunk.first_row, chunk_rows=size, row=row)
         if row.error:
-            yield pvalue.TaggedOutput(_NOT_ASKED, outcome._replace(error=row.error))
+            yield pvalue.TaggedOutput(_NOT_ASKED, outcome._replace(error=row.error, error_kind=row.error_kind))
         else:
             yield outcome, (row.question, row.context)
 
@@ -61,8 +60,8 @@ def _to_row_outcome(keyed_result) -> RowOutcome:
     model = str(result.model_id or "")
     if prediction.span is None:
         metrics.ROW_ERRORS.inc()
-        metrics.row_errors(row_error_kind(prediction.error)).inc()
-        return outcome._replace(error=prediction.error, model=model)
+        metrics.row_errors(prediction.kind).inc()
+        return outcome._replace(error=prediction.error, error_kind=prediction.kind, model=model)
     span = prediction.span
     metrics.ROWS_ANSWERED.inc()
     return outcome._replace(answer=span.answer, score=span.score, start=span.start, end=span.end, model=model)

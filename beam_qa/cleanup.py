@@ -7,11 +7,11 @@ import logging
 import apache_beam as beam
 
 from beam_qa import metrics
-from beam_qa.clients import WorkerDoFn
+from beam_qa.runtime import WorkerDoFn
 from beam_qa.errors import FileErrorKind
 from beam_qa.events import quarantine_location
 from beam_qa.records import AnsweredFile, FileFailure
-from beam_qa.settings import StorageSettings
+from beam_qa.settings import OutputSettings, StorageSettings
 from beam_qa.storage import SourceGone
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ class DeleteSourceObject(beam.PTransform):
 
 
 class _CopyAsideFn(WorkerDoFn):
-    def __init__(self, error_prefix: str, files: StorageSettings):
+    def __init__(self, outputs: OutputSettings, files: StorageSettings):
         super().__init__(files=files)
-        self._error_prefix = error_prefix
+        self._error_prefix = outputs.error_prefix
 
     def process(self, failure: FileFailure):
         event = failure.event
@@ -74,9 +74,9 @@ class _CopyAsideFn(WorkerDoFn):
 class QuarantineFile(beam.PTransform):
     """Copies a failed file version under the error prefix; returns the failures with their new location."""
 
-    def __init__(self, error_prefix: str, files: StorageSettings):
+    def __init__(self, outputs: OutputSettings, files: StorageSettings):
         super().__init__()
-        self._fn = _CopyAsideFn(error_prefix, files)
+        self._fn = _CopyAsideFn(outputs, files)
 
     def expand(self, failures):
         return failures | "CopyToErrorPrefix" >> beam.ParDo(self._fn)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from beam_qa import launch
+from beam_qa.config import JobConfig
+from beam_qa.errors import UsageError
 from beam_qa.options import LOG_LEVELS, QaOptions
-from beam_qa.pipeline import parse_options, resolve_model, run
 from beam_qa.storage import Storage
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,12 +49,8 @@ Beam's own options (--runner, --project, --region, --temp_location, --num_worker
 --sdk_container_image, ...) are passed on to Beam unchanged:
   {{prog}} --help_beam   lists them all
   {BEAM_OPTIONS_URL}
-README.md "Configuration" has the beam-qa flags in a table.
+docs/configuration.md has the beam-qa flags in a table.
 """
-
-
-class UsageError(Exception):
-    """A mistake in the command line: its message says what to change."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -176,20 +174,21 @@ def check_input_pattern(pattern: str, anonymous: bool) -> None:
                      "shell does not expand it")
 
 
-def preflight(argv: Sequence[str], prog: str = "beam-qa") -> QaOptions:
-    """Every check that needs no pipeline: flags, their combination, the input and the model.
+def preflight(argv: Sequence[str], prog: str = "beam-qa") -> JobConfig:
+    """Every check that needs no pipeline: flags, their combination, the model and the input.
+
+    Returns:
+        The job's configuration (``beam_qa.launch.configure``), which ``run`` then uses as it is.
 
     Raises:
-        UsageError: for a bad flag or an input pattern that matches nothing.
-        ValueError: for a bad combination of options (``parse_options``), or
-            ``ModelNotFoundError`` for a model that cannot be found.
+        UsageError: for a bad flag or combination, a model that cannot be found, or an input
+            pattern that matches nothing.
     """
     check_known_flags(argv, prog, strict=not on_flex_template_launcher())
-    opts = parse_options(list(argv))
-    if opts.input_pattern:
-        check_input_pattern(opts.input_pattern, opts.gcs_anonymous)
-    resolve_model(opts)
-    return opts
+    config = launch.configure(argv)
+    if config.source.pattern:
+        check_input_pattern(config.source.pattern, config.storage.anonymous)
+    return config
 
 
 def requested_log_level(argv: Sequence[str]) -> str:
@@ -204,16 +203,6 @@ def requested_log_level(argv: Sequence[str]) -> str:
     return level if level in LOG_LEVELS else "INFO"
 
 
-def _raised_while_running(exc: BaseException) -> bool:
-    """Whether ``exc`` came out of a runner executing the pipeline, not from checking the options.
-
-    A ValueError from a DoFn is a bug or a data problem with a traceback worth seeing, however
-    much it looks like a usage error.
-    """
-    frames = traceback.extract_tb(exc.__traceback__)
-    return any("apache_beam/runners/" in frame.filename.replace("\\", "/") for frame in frames)
-
-
 def _usage_error(exc: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exception(exc)
@@ -226,7 +215,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Runs beam-qa with ``argv`` (default: the process's arguments).
 
     Returns:
-        0 on success, 2 for a usage error, 130 when interrupted. A bug raises (traceback, status 1).
+        0 on success, 2 for a usage error, 130 when interrupted. A bug, or any failure while the
+        pipeline runs, raises (traceback, status 1).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or Path(sys.argv[0]).name
@@ -236,15 +226,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=level, format=LOG_FORMAT)
     debug = level == "DEBUG"
     try:
-        preflight(argv, prog)
-    except (UsageError, ValueError) as exc:  # ModelNotFoundError is a ValueError
+        config = preflight(argv, prog)
+    except UsageError as exc:  # ModelNotFoundError is one; any other exception is a bug
         return _usage_error(exc, debug)
     try:
-        run(argv)
-    except ValueError as exc:
-        if _raised_while_running(exc):
-            raise
-        return _usage_error(exc, debug)
+        launch.run(config)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

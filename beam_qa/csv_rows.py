@@ -11,15 +11,11 @@ import csv
 import dataclasses
 import io
 
-from beam_qa.errors import FileErrorKind
+from beam_qa.errors import FileErrorKind, RowErrorKind
+from beam_qa.settings import InputSettings
 
 REQUIRED_COLUMNS = ("question", "context")
 ID_COLUMN = "id"
-
-# About 100 windows of 384 tokens for an English context (~4 characters a token, 256 new
-# tokens a window): a few seconds of a CPU core in fp32. A longer cell is a row error rather
-# than minutes of one worker's time (README "Input format").
-DEFAULT_MAX_CONTEXT_CHARS = 100_000
 
 
 class FileError(ValueError):
@@ -42,6 +38,7 @@ class ParsedRow:
         context: the context cell.
         row_id: the optional ``id`` cell, or None.
         error: why the row is not sent to the model (empty string when it is).
+        error_kind: the ``RowErrorKind`` value of ``error`` (empty string when there is none).
     """
 
     row_index: int
@@ -50,6 +47,7 @@ class ParsedRow:
     context: str
     row_id: str | None
     error: str = ""
+    error_kind: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +114,7 @@ def decode_csv_bytes(data: bytes) -> str:
 
 
 def parse_csv(data: bytes, *, max_bytes: int, max_rows: int,
-              max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS) -> ParsedFile:
+              max_context_chars: int = InputSettings.max_context_chars) -> ParsedFile:
     """Parses one uploaded file into rows; row problems become row errors.
 
     Args:
@@ -173,20 +171,22 @@ def parse_csv(data: bytes, *, max_bytes: int, max_rows: int,
     width = len(header)
     rows = []
     for index, cells in enumerate(raw_rows):
-        error = ""
+        kind, error = None, ""
         if len(cells) > width:
-            error = f"row has {len(cells)} fields but the header has {width}"
+            kind, error = RowErrorKind.EXTRA_FIELDS, f"row has {len(cells)} fields but the header has {width}"
             cells = cells[:width]
         values = tuple(cells) + ("",) * (width - len(cells))
         question, context = values[q_at], values[c_at]
-        if not error and not question.strip():
-            error = "empty question"
-        elif not error and not context.strip():
-            error = "empty context"
-        elif not error and len(context) > max_context_chars:
-            error = (f"context has {len(context)} characters, over the limit of {max_context_chars} "
-                     "(--max_context_chars); split it into several rows")
+        if kind is None and not question.strip():
+            kind, error = RowErrorKind.EMPTY_QUESTION, "empty question"
+        elif kind is None and not context.strip():
+            kind, error = RowErrorKind.EMPTY_CONTEXT, "empty context"
+        elif kind is None and len(context) > max_context_chars:
+            kind, error = RowErrorKind.CONTEXT_TOO_LONG, (
+                f"context has {len(context)} characters, over the limit of {max_context_chars} "
+                "(--max_context_chars); split it into several rows")
         rows.append(ParsedRow(
             row_index=index, values=values, question=question, context=context,
-            row_id=values[id_at] if id_at is not None else None, error=error))
+            row_id=values[id_at] if id_at is not None else None, error=error,
+            error_kind=kind.value if kind else ""))
     return ParsedFile(header=tuple(header), rows=rows)

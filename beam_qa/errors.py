@@ -1,8 +1,11 @@
-"""Error kinds shared by the pipeline, the upload service, the metrics and the docs.
+"""Error kinds shared by the pipeline, the upload service, the metrics and docs/bad-input.md.
 
 Plain ``str`` enums, so that a kind is stored, logged and compared as its value
 (``"missing_columns"``) and a misspelt kind is an ``AttributeError`` instead of a new
-metric. This module imports nothing from Beam or torch: the upload service uses it.
+metric. A row or file error travels as its kind and its message side by side (``ParsedRow``,
+``ChunkRow``, ``RowOutcome``, ``FileFailure``, the ``error_kind`` columns): nothing decides
+anything from a message's text, so rewording a message changes no metric. This module imports
+nothing from Beam or torch: the upload service uses it.
 """
 
 from __future__ import annotations
@@ -45,21 +48,8 @@ class RowErrorKind(str, enum.Enum):
         return self.value
 
 
-# The start of each row error message, so that a stored message maps back to its kind.
-_ROW_ERROR_PREFIXES = (
-    ("empty question", RowErrorKind.EMPTY_QUESTION),
-    ("empty context", RowErrorKind.EMPTY_CONTEXT),
-    ("row has ", RowErrorKind.EXTRA_FIELDS),
-    ("context has ", RowErrorKind.CONTEXT_TOO_LONG),
-    ("question too long", RowErrorKind.QUESTION_TOO_LONG),
-    ("model failed", RowErrorKind.MODEL),
-    ("no answer span", RowErrorKind.NO_ANSWER),
-)
-
-
-def row_error_kind(message: str) -> RowErrorKind:
-    """The kind of a row error message (see README "Row errors")."""
-    for prefix, kind in _ROW_ERROR_PREFIXES:
-        if message.startswith(prefix):
-            return kind
-    return RowErrorKind.MODEL
+class UsageError(ValueError):
+    """A mistake in how beam-qa was invoked: a flag, a combination of flags, a model or an input
+    that cannot be found. Its message says what to change; the command line prints it as one
+    ``error:`` line (exit status 2). Any other exception is a bug and keeps its traceback.
+    """

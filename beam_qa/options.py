@@ -1,4 +1,8 @@
-"""Pipeline options for beam-qa, validated before the graph is built."""
+"""The beam-qa flags (``QaOptions``), validated before the graph is built.
+
+Defaults come from the settings objects (``beam_qa/settings.py``), the one place they are
+written; ``beam_qa.config`` turns the validated options into those objects once per run.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_qa.csv_rows import DEFAULT_MAX_CONTEXT_CHARS
-from beam_qa.settings import (InputSettings, ModelSettings, OutputSettings, PostgresSettings, StorageSettings,
-                              SweepSettings)
+from beam_qa.errors import UsageError
 from beam_qa.qa import precision as precisions
+from beam_qa.settings import InputSettings, ModelSettings, OutputSettings, PostgresSettings, SourceSettings, SweepSettings
 
 DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
 
@@ -19,14 +22,11 @@ SECRET_VERSION_RE = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$")
 
-# Chosen with benchmarks/throughput.py (README "Performance"): on a CPU the model's forward
+# Chosen with benchmarks/throughput.py (docs/benchmarks.md): on a CPU the model's forward
 # passes are split into ~1k-token micro-batches anyway, so larger batches gain little and
 # only add latency; a GPU keeps getting faster with larger batches.
-CPU_MAX_BATCH_SIZE = 32
+CPU_MAX_BATCH_SIZE = ModelSettings.max_batch_size
 GPU_MAX_BATCH_SIZE = 256
-# Rows per chunk (README "Scaling out"): two CPU batches, so that a bundle's batches are full
-# and a 1,000-row file is spread over 16 units of work.
-DEFAULT_CHUNK_SIZE = 64
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -65,7 +65,7 @@ def _positive_float(value: str) -> float:
 
 
 class QaOptions(PipelineOptions):
-    """Every beam-qa flag. See README.md "Configuration" for the table."""
+    """Every beam-qa flag (docs/configuration.md lists them, generated from this class)."""
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -74,7 +74,7 @@ class QaOptions(PipelineOptions):
         model = parser.add_argument_group("model", "The question-answering model and how it reads a context.")
         out = parser.add_argument_group("outputs", "Where answers and failed files go.")
         sink = parser.add_argument_group("PostgreSQL", "The database that receives qa_files and qa_answers.")
-        tuning = parser.add_argument_group("tuning", "Batching; the defaults come from benchmarks/throughput.py.")
+        tuning = parser.add_argument_group("tuning", "Batching and the model's threads.")
         status = parser.add_argument_group("logging and monitoring")
         src.add_argument(
             "--input_subscription",
@@ -89,37 +89,37 @@ class QaOptions(PipelineOptions):
             help="Streaming: the bucket whose notifications --input_subscription receives. The "
             "sweeper lists gs://BUCKET/INCOMING_PREFIX; required unless --sweep_interval_secs=0.")
         src.add_argument(
-            "--sweep_interval_secs", type=_non_negative_float, default=300.0,
+            "--sweep_interval_secs", type=_non_negative_float, default=SweepSettings.interval_secs,
             help="Streaming: every N seconds (and once at start-up) re-emit incoming CSVs that "
             "have no done or failed record and no live lease; 0 turns the sweeper off.")
         src.add_argument(
-            "--sweep_grace_secs", type=_non_negative_float, default=300.0,
+            "--sweep_grace_secs", type=_non_negative_float, default=SweepSettings.grace_secs,
             help="The sweeper leaves files younger than this alone (their notification is on its "
             "way). Whether a file is retried depends on its lease (--lease_secs), not on its age.")
         src.add_argument(
-            "--incoming_prefix", default="incoming/",
+            "--incoming_prefix", default=SourceSettings.incoming_prefix,
             help="Only objects whose name starts with this prefix are processed (streaming).")
         out.add_argument(
-            "--answers_prefix", default="answers/",
+            "--answers_prefix", default=OutputSettings.answers_prefix,
             help="Where answers CSVs go: an object-name prefix in the source's bucket "
             "(or, for local sources, a directory relative to the input directory), "
             "or an absolute gs:// or local location.")
         out.add_argument(
-            "--error_prefix", default="errors/",
+            "--error_prefix", default=OutputSettings.error_prefix,
             help="Where files that cannot be processed are moved; same forms as --answers_prefix.")
         out.add_argument(
             "--keep_source", nargs="?", const=True, default=False, type=_flag,
             help="Do not delete or move source files after processing (bounded backfills).")
         src.add_argument(
-            "--max_file_bytes", type=_positive_int, default=50 * 1024 * 1024,
+            "--max_file_bytes", type=_positive_int, default=InputSettings.max_file_bytes,
             help="Files larger than this are rejected as a file error.")
         src.add_argument(
-            "--max_rows", type=_positive_int, default=200_000,
+            "--max_rows", type=_positive_int, default=InputSettings.max_rows,
             help="Files with more data rows than this are rejected as a file error.")
         src.add_argument(
-            "--max_context_chars", type=_positive_int, default=DEFAULT_MAX_CONTEXT_CHARS,
+            "--max_context_chars", type=_positive_int, default=InputSettings.max_context_chars,
             help="A row whose context has more characters than this is a row error (the rest of its "
-            f"file is answered). Default: {DEFAULT_MAX_CONTEXT_CHARS:,}, about 100 windows of 384 tokens.")
+            f"file is answered). Default: {InputSettings.max_context_chars:,}, about 100 windows of 384 tokens.")
 
         model.add_argument(
             "--model", default=None,
@@ -133,34 +133,32 @@ class QaOptions(PipelineOptions):
             "(copy a model directory there, config.json last) and switch to a newer one within "
             "--model_watch_interval_secs; --model is then ignored.")
         model.add_argument(
-            "--model_watch_interval_secs", type=_positive_float, default=60.0,
+            "--model_watch_interval_secs", type=_positive_float, default=ModelSettings.watch_interval_secs,
             help="How often each worker looks for a newer model under --model_watch_pattern.")
         model.add_argument(
-            "--device", choices=["auto", "cpu", "cuda"], default="auto",
+            "--device", choices=["auto", "cpu", "cuda"], default=ModelSettings.device,
             help="Where the model runs; auto picks CUDA when a GPU is visible.")
         model.add_argument(
-            "--precision", choices=list(precisions.CHOICES), default="fp32",
+            "--precision", choices=list(precisions.CHOICES), default=ModelSettings.precision,
             help="Numeric precision of the forward pass: fp32 (default: answers identical to the "
             "reference pipeline's); bf16 (CPU with AVX-512 BF16 or AMX, or CUDA); fp16 (CUDA); int8 (CPU, ONNX Runtime); "
             "auto: the fastest the device supports whose measured SQuAD F1 loss is at most "
-            f"{precisions.QUALITY_BOUND_F1} point (README \"Precision and answer quality\").")
+            f"{precisions.QUALITY_BOUND_F1} point (docs/benchmarks.md).")
         model.add_argument(
-            "--runtime", choices=list(precisions.RUNTIMES), default="auto",
+            "--runtime", choices=list(precisions.RUNTIMES), default=ModelSettings.runtime,
             help="What runs the forward pass: auto (default) takes ONNX Runtime for fp32 and int8 on a "
-            "CPU, where its fused graph answers the same as torch (twice as fast as torch on the AMD EPYC, as fast on "
-            "the Intel Xeon, README \"Throughput\"; exported once "
-            "per machine, cached under $QA_ONNX_CACHE), and torch elsewhere; torch or onnxruntime force "
-            "one.")
-        model.add_argument("--max_seq_len", type=_positive_int, default=384,
+            "CPU, where its fused graph gives torch's answers (exported once per machine, cached under "
+            "$QA_ONNX_CACHE), and torch elsewhere; torch or onnxruntime force one.")
+        model.add_argument("--max_seq_len", type=_positive_int, default=ModelSettings.max_seq_len,
                            help="Tokens per window (question + context + special tokens).")
-        model.add_argument("--doc_stride", type=_positive_int, default=128,
+        model.add_argument("--doc_stride", type=_positive_int, default=ModelSettings.doc_stride,
                            help="Overlap in tokens between windows of a long context.")
-        model.add_argument("--max_answer_len", type=_positive_int, default=15,
+        model.add_argument("--max_answer_len", type=_positive_int, default=ModelSettings.max_answer_len,
                            help="Longest answer span in tokens.")
         tuning.add_argument(
-            "--chunk_size", type=_positive_int, default=DEFAULT_CHUNK_SIZE,
+            "--chunk_size", type=_positive_int, default=InputSettings.chunk_size,
             help="Rows per chunk: a file's rows are cut into chunks that are spread over workers and "
-            f"committed to PostgreSQL together. Default: {DEFAULT_CHUNK_SIZE} (README \"Scaling out\").")
+            f"committed to PostgreSQL together. Default: {InputSettings.chunk_size} (docs/design.md).")
         tuning.add_argument(
             "--min_batch_size", type=_positive_int, default=None,
             help="Smallest RunInference batch. Default: --max_batch_size, so that every batch is full "
@@ -174,7 +172,7 @@ class QaOptions(PipelineOptions):
             help="Streaming: longest time a row waits for its batch to fill (stateful batching across "
             "bundles). Unset: batches are formed within each bundle, which holds whole chunks.")
         tuning.add_argument(
-            "--inference_threads", type=int, default=0,
+            "--inference_threads", type=int, default=ModelSettings.inference_threads,
             help="Intra-op threads per model call. 0 (default): the usable CPUs divided by the model "
             "calls that run at once in a worker process (--direct_num_workers locally; on Dataflow 1, "
             "as it runs one SDK process per vCPU, unless no_use_multiple_sdk_containers is set).")
@@ -189,11 +187,11 @@ class QaOptions(PipelineOptions):
             "(projects/P/secrets/S/versions/V). Read by the workers when they connect; "
             "--pg_dsn then carries no password.")
         sink.add_argument(
-            "--pg_pool_size", type=_positive_int, default=4,
+            "--pg_pool_size", type=_positive_int, default=PostgresSettings.pool_size,
             help="Most PostgreSQL connections one worker process opens; every step of the process "
             "shares them (docs/deploy.md \"Connection budget\").")
         sink.add_argument(
-            "--lease_secs", type=_positive_float, default=120.0,
+            "--lease_secs", type=_positive_float, default=PostgresSettings.lease_secs,
             help="How long an attempt at a file holds it without a heartbeat. The worker that started "
             "it renews the lease every third of this while it lives; a new attempt (sweeper, repeated "
             "notification) starts only once it has expired.")
@@ -215,93 +213,59 @@ class QaOptions(PipelineOptions):
         """Checks the combination of options; raises ValueError with what to change.
 
         Raises:
-            ValueError: when the options cannot make a working pipeline.
+            UsageError: when the options cannot make a working pipeline.
         """
         if bool(self.input_subscription) == bool(self.input_pattern):
-            raise ValueError(
+            raise UsageError(
                 "Pass exactly one of --input_subscription (streaming) or --input_pattern (bounded).")
         if self.input_subscription and not _SUBSCRIPTION_RE.match(self.input_subscription):
-            raise ValueError(
+            raise UsageError(
                 f"--input_subscription {self.input_subscription!r} is not of the form "
                 "projects/PROJECT/subscriptions/NAME.")
         if not self.pg_dsn:
-            raise ValueError("--pg_dsn is required (for example host=127.0.0.1 dbname=beam_qa user=postgres).")
+            raise UsageError("--pg_dsn is required (for example host=127.0.0.1 dbname=beam_qa user=postgres).")
         if self.input_subscription and self.sweep_interval_secs and not _BUCKET_RE.match(self.input_bucket or ""):
-            raise ValueError(
+            raise UsageError(
                 f"--input_bucket {self.input_bucket!r} is not a bucket name: the sweeper needs the "
                 "bucket the subscription's notifications come from (a name like my-bucket, no gs://), "
                 "or pass --sweep_interval_secs=0 to turn the sweeper off.")
         if self.input_subscription and not self.incoming_prefix:
-            raise ValueError("--incoming_prefix must not be empty in streaming mode: the pipeline "
+            raise UsageError("--incoming_prefix must not be empty in streaming mode: the pipeline "
                              "would re-trigger itself on its own answers and error files.")
         for flag in ("answers_prefix", "error_prefix"):
             value = getattr(self, flag)
             if not value:
-                raise ValueError(f"--{flag} must not be empty.")
+                raise UsageError(f"--{flag} must not be empty.")
             if self.incoming_prefix and value.startswith(self.incoming_prefix):
-                raise ValueError(
+                raise UsageError(
                     f"--{flag} {value!r} lies under --incoming_prefix {self.incoming_prefix!r}: "
                     "the pipeline's own outputs would trigger it again.")
         if self.doc_stride >= self.max_seq_len:
-            raise ValueError(f"--doc_stride ({self.doc_stride}) must be smaller than "
+            raise UsageError(f"--doc_stride ({self.doc_stride}) must be smaller than "
                              f"--max_seq_len ({self.max_seq_len}).")
         if self.max_batch_size is None:
             self.max_batch_size = GPU_MAX_BATCH_SIZE if self.device == "cuda" else CPU_MAX_BATCH_SIZE
         if self.min_batch_size is None:
             self.min_batch_size = self.max_batch_size
         if self.min_batch_size > self.max_batch_size:
-            raise ValueError("--min_batch_size must not exceed --max_batch_size.")
+            raise UsageError("--min_batch_size must not exceed --max_batch_size.")
         if self.pg_password_secret:
             if not SECRET_VERSION_RE.match(self.pg_password_secret):
-                raise ValueError(
+                raise UsageError(
                     f"--pg_password_secret {self.pg_password_secret!r} is not of the form "
                     "projects/PROJECT/secrets/NAME/versions/VERSION.")
             from psycopg.conninfo import conninfo_to_dict
             if "password" in conninfo_to_dict(self.pg_dsn):
-                raise ValueError("--pg_dsn must not contain a password when --pg_password_secret "
+                raise UsageError("--pg_dsn must not contain a password when --pg_password_secret "
                                  "is given: the password would be stored in the job graph.")
         if self.precision == "int8" and self.device == "cuda":
-            raise ValueError("--precision int8 is CPU-only; on CUDA use fp16, bf16 or auto.")
+            raise UsageError("--precision int8 is CPU-only; on CUDA use fp16, bf16 or auto.")
         if self.runtime == "onnxruntime" and self.device == "cuda":
-            raise ValueError("--runtime onnxruntime runs on a CPU only; on CUDA pass --runtime auto or torch.")
+            raise UsageError("--runtime onnxruntime runs on a CPU only; on CUDA pass --runtime auto or torch.")
         if self.runtime == "torch" and self.precision == "int8":
-            raise ValueError("--precision int8 runs on ONNX Runtime only; pass --runtime auto or onnxruntime.")
+            raise UsageError("--precision int8 runs on ONNX Runtime only; pass --runtime auto or onnxruntime.")
         if self.model_watch_pattern:
             from beam_qa.qa.model_watch import check_pattern
             check_pattern(self.model_watch_pattern)
         if self.inference_threads < 0:
-            raise ValueError("--inference_threads must be 0 (automatic) or a positive number of threads.")
-
-    # -- settings, one object per concern (beam_qa/settings.py) ---------------------------
-    def postgres_settings(self) -> PostgresSettings:
-        return PostgresSettings(dsn=self.pg_dsn, password_secret=self.pg_password_secret,
-                                pool_size=self.pg_pool_size, lease_secs=self.lease_secs)
-
-    def model_settings(self, concurrency: tuple[int, int] = (0, 1)) -> ModelSettings:
-        """The model's settings; ``concurrency`` is ``pipeline.model_concurrency``, which needs the runner."""
-        threads, calls = concurrency
-        return ModelSettings(
-            model=self.model, device=self.device, precision=self.precision, runtime=self.runtime,
-            max_seq_len=self.max_seq_len, doc_stride=self.doc_stride, max_answer_len=self.max_answer_len,
-            min_batch_size=self.min_batch_size, max_batch_size=self.max_batch_size,
-            max_batch_duration_secs=self.max_batch_duration_secs, inference_threads=threads,
-            concurrent_calls=calls, watch_pattern=self.model_watch_pattern,
-            watch_interval_secs=self.model_watch_interval_secs)
-
-    def storage_settings(self) -> StorageSettings:
-        return StorageSettings(anonymous=bool(self.gcs_anonymous))
-
-    def input_settings(self) -> InputSettings:
-        return InputSettings(incoming_prefix=self.incoming_prefix, max_file_bytes=self.max_file_bytes,
-                             max_rows=self.max_rows, max_context_chars=self.max_context_chars,
-                             chunk_size=self.chunk_size)
-
-    def output_settings(self) -> OutputSettings:
-        return OutputSettings(answers_prefix=self.answers_prefix, error_prefix=self.error_prefix,
-                              keep_source=bool(self.keep_source))
-
-    def sweep_settings(self) -> SweepSettings | None:
-        if not (self.input_subscription and self.sweep_interval_secs):
-            return None
-        return SweepSettings(bucket=self.input_bucket, interval_secs=self.sweep_interval_secs,
-                             grace_secs=self.sweep_grace_secs)
+            raise UsageError("--inference_threads must be 0 (automatic) or a positive number of threads.")

@@ -8,9 +8,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_qa import metrics
-from beam_qa.clients import WorkerDoFn, leases
+from beam_qa.runtime import WorkerDoFn, leases
 from beam_qa.csv_rows import FileError, other_cells, parse_csv
-from beam_qa.errors import FileErrorKind, row_error_kind
+from beam_qa.errors import FileErrorKind
 from beam_qa.records import Chunk, ChunkRow, Claim, FileEvent, FileFailure
 from beam_qa.settings import InputSettings, PostgresSettings, StorageSettings
 from beam_qa.storage import SourceGone
@@ -112,9 +112,10 @@ class _ReadCsvFn(WorkerDoFn):
         for row in parsed.rows:
             if row.error:
                 metrics.ROW_ERRORS.inc()
-                metrics.row_errors(row_error_kind(row.error)).inc()
+                metrics.row_errors(row.error_kind).inc()
             rows.append(ChunkRow(row_index=row.row_index, question=row.question, context=row.context,
-                                 row_id=row.row_id, error=row.error, others=other_cells(row.values, q_at, c_at)))
+                                 row_id=row.row_id, error=row.error, others=other_cells(row.values, q_at, c_at),
+                                 error_kind=row.error_kind))
         chunks = chunk_rows(claim, rows, limits.chunk_size)
         if not self.pg.record_manifest(event, attempt, parsed.header, len(rows), len(chunks)):
             metrics.CHUNKS_SUPERSEDED.inc(len(chunks))

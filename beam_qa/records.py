@@ -69,6 +69,7 @@ class ChunkRow(NamedTuple):
     row_id: Optional[str]
     error: str  # why the row is not sent to the model ("" when it is)
     others: Sequence[str] = ()
+    error_kind: str = ""  # the RowErrorKind value of ``error`` ("" when there is none)
 
 
 class Chunk(NamedTuple):
@@ -91,7 +92,8 @@ def rebuild_chunk(value) -> Chunk:
     generates from the schema, without this module's properties; rebuilding is cheap.
     """
     return Chunk(event=FileEvent(*value.event), attempt=value.attempt, index=value.index,
-                 rows=tuple(ChunkRow(*row[:5], others=tuple(row.others)) for row in value.rows))
+                 rows=tuple(ChunkRow(*row[:5], others=tuple(row.others), error_kind=row.error_kind)
+                           for row in value.rows))
 
 
 class RowOutcome(NamedTuple):
@@ -109,6 +111,7 @@ class RowOutcome(NamedTuple):
     end: Optional[int] = None
     error: str = ""
     model: str = ""
+    error_kind: str = ""  # the RowErrorKind value of ``error``
 
 
 class CompletedFile(NamedTuple):

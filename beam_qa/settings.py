@@ -1,10 +1,11 @@
-"""Settings, one frozen object per concern, built once from ``QaOptions``.
+"""Settings, one frozen object per concern, built once from ``QaOptions`` (``beam_qa.config``).
 
 Each stage takes the one object it needs (the way DataflowTemplates parses a spec once)
 instead of a DSN, a model name, a secret name and a flag threaded through its constructor.
 They are small, picklable values: they travel in the job graph, so they never hold a
 password (``PostgresSettings.password_secret`` is the name of a Secret Manager version, read
-on the workers).
+on the workers). Their field defaults are the only place a default is written: the command
+line's flags (``beam_qa/options.py``) take theirs from here.
 """
 
 from __future__ import annotations
@@ -77,17 +78,19 @@ class InputSettings:
     """What is read and how it is cut into chunks.
 
     Attributes:
-        incoming_prefix: only objects under it are processed (streaming).
         max_file_bytes: larger files are a file error.
         max_rows: files with more data rows are a file error.
         max_context_chars: longer contexts are a row error.
         chunk_size: rows per chunk, the unit spread over workers and committed together.
     """
 
-    incoming_prefix: str = "incoming/"
     max_file_bytes: int = 50 * 1024 * 1024
     max_rows: int = 200_000
+    # About 100 windows of 384 tokens for an English context (~4 characters a token, 256 new
+    # tokens a window): a few seconds of a CPU core in fp32. A longer cell is a row error rather
+    # than minutes of one worker's time.
     max_context_chars: int = 100_000
+    # Two CPU batches: a bundle's batches are full and a 1,000-row file is spread over 16 units of work.
     chunk_size: int = 64
 
 
@@ -102,8 +105,30 @@ class OutputSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
-    """The streaming sweeper: which bucket, how often, how old a file must be."""
+    """The streaming sweeper: which bucket and prefix, how often, how old a file must be."""
 
     bucket: str
     interval_secs: float = 300.0
     grace_secs: float = 300.0
+    incoming_prefix: str = "incoming/"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSettings:
+    """Where file events come from: a subscription (streaming) or a file pattern (bounded).
+
+    Attributes:
+        subscription: Pub/Sub subscription of the bucket's notifications, or None.
+        pattern: glob of existing files, or None (exactly one of the two is set).
+        incoming_prefix: only objects under it are processed; stripped to name the outputs.
+        sweep: the streaming sweeper, or None when it is off (and always in bounded mode).
+    """
+
+    subscription: str | None = None
+    pattern: str | None = None
+    incoming_prefix: str = "incoming/"
+    sweep: SweepSettings | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.subscription is not None

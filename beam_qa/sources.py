@@ -21,9 +21,9 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from beam_qa import metrics
-from beam_qa.clients import WorkerDoFn
+from beam_qa.runtime import WorkerDoFn
 from beam_qa.events import FileEvent, gcs_file_event, local_file_event, parse_notification, pattern_base_dir
-from beam_qa.settings import PostgresSettings, StorageSettings, SweepSettings
+from beam_qa.settings import PostgresSettings, SourceSettings, StorageSettings, SweepSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ class _SweepFn(WorkerDoFn):
     records would otherwise wait for ever.
     """
 
-    def __init__(self, sweep: SweepSettings, incoming_prefix: str, pg: PostgresSettings, files: StorageSettings):
+    def __init__(self, sweep: SweepSettings, pg: PostgresSettings, files: StorageSettings):
         super().__init__(pg=pg, files=files)
         self._sweep = sweep
-        self._incoming_prefix = incoming_prefix
+        self._incoming_prefix = sweep.incoming_prefix
 
     def process(self, tick: str):
         metrics.SWEEPS.inc()
@@ -167,10 +167,10 @@ class SweepIncoming(beam.PTransform):
     (the DirectRunner acks Pub/Sub on pull, so a crash loses the messages it had pulled).
     """
 
-    def __init__(self, sweep: SweepSettings, incoming_prefix: str, pg: PostgresSettings, files: StorageSettings):
+    def __init__(self, sweep: SweepSettings, pg: PostgresSettings, files: StorageSettings):
         super().__init__()
         self._interval_secs = sweep.interval_secs
-        self._fn = _SweepFn(sweep, incoming_prefix, pg, files)
+        self._fn = _SweepFn(sweep, pg, files)
 
     def expand(self, notifications):
         start_up = notifications.pipeline | "StartUp" >> beam.Create([None])
@@ -186,15 +186,15 @@ class ReadGcsNotifications(beam.PTransform):
     """Pub/Sub OBJECT_FINALIZE notifications (and swept files) -> FileEvents for ``.csv`` objects.
 
     Args:
-        subscription: the subscription receiving the bucket's notifications.
-        incoming_prefix: only objects under this prefix are processed.
+        source: the subscription receiving the bucket's notifications, and the incoming prefix:
+            only objects under it are processed.
         sweep: a SweepIncoming whose events are merged in, or None.
     """
 
-    def __init__(self, subscription: str, incoming_prefix: str, sweep: SweepIncoming | None = None):
+    def __init__(self, source: SourceSettings, sweep: SweepIncoming | None = None):
         super().__init__()
-        self._subscription = subscription
-        self._incoming_prefix = incoming_prefix
+        self._subscription = source.subscription
+        self._incoming_prefix = source.incoming_prefix
         self._sweep = sweep
 
     def expand(self, pbegin):
@@ -237,16 +237,15 @@ class MatchInputFiles(beam.PTransform):
     """A local or gs:// glob -> FileEvents (bounded mode).
 
     Args:
-        pattern: the glob.
-        incoming_prefix: stripped from object names to derive output names.
+        source: the glob, and the incoming prefix stripped from object names to derive output names.
         files: how to reach the files.
         run_id: names this run in its claims (a retried bundle finds its own); random by default.
     """
 
-    def __init__(self, pattern: str, incoming_prefix: str, files: StorageSettings, run_id: str | None = None):
+    def __init__(self, source: SourceSettings, files: StorageSettings, run_id: str | None = None):
         super().__init__()
-        self._pattern = pattern
-        self._fn = _ListFilesFn(incoming_prefix, files, run_id or uuid.uuid4().hex)
+        self._pattern = source.pattern
+        self._fn = _ListFilesFn(source.incoming_prefix, files, run_id or uuid.uuid4().hex)
 
     def expand(self, pbegin):
         return (pbegin

@@ -87,7 +87,7 @@ def new_bytes_per_row(dsn: str, rows: list[dict], chunk_size: int) -> dict:
     """PostgreSQL bytes of assembly state per row, just before the file's last chunk commits."""
     import psycopg
 
-    from beam_qa import clients
+    from beam_qa import runtime
     from beam_qa.reading import chunk_rows
     from beam_qa.records import ChunkRow, Claim, RowOutcome
     from beam_qa.records import FileEvent as NewFileEvent
@@ -95,7 +95,7 @@ def new_bytes_per_row(dsn: str, rows: list[dict], chunk_size: int) -> dict:
 
     event = NewFileEvent("gs://my-bucket/incoming/team/questions.csv", 1_795_313_659_049_626, 1_000_000,
                          "gs://my-bucket/", "team/questions.csv", time.time(), "pubsub:1")
-    store = clients.postgres(PostgresSettings(dsn, retry_secs=10))
+    store = runtime.postgres(PostgresSettings(dsn, retry_secs=10))
     try:
         attempt = store.claim(event)
         chunk_rows_ = [ChunkRow(i, r["question"], r["context"], r["id"], "", (r["id"],)) for i, r in enumerate(rows)]
@@ -113,7 +113,7 @@ def new_bytes_per_row(dsn: str, rows: list[dict], chunk_size: int) -> dict:
                 "SELECT pg_column_size(attempt) + pg_column_size(claim_token) + pg_column_size(lease_until) "
                 "+ pg_column_size(chunk_count) + pg_column_size(chunks_done) FROM qa_files").fetchall()
     finally:
-        clients.close_all()
+        runtime.close()
     committed = chunk_size * (len(chunks) - 1)
     return {"qa_chunks_rows": chunk_count, "qa_chunks_bytes": int(chunk_bytes), "qa_files_assembly_bytes": file_bytes,
             "rows_committed": committed, "bytes_per_row": round((chunk_bytes + file_bytes) / committed, 3)}

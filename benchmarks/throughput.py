@@ -8,7 +8,7 @@ same model (``--model``: a DistilBERT-base-sized model by default, the productio
 2. ``handler``: our ``QuestionAnsweringModelHandler`` alone, per precision, fed batches of
    ``--batch-size`` rows the way RunInference feeds it (model load not timed);
 3. ``pipeline``: the whole bounded pipeline, per precision and per file shape, each in a
-   fresh process (``beam_qa.pipeline.run(argv)``) timed from process start to exit (Python
+   fresh process (``beam_qa.launch.run(argv)``) timed from process start to exit (Python
    start-up, model load and Beam start-up included), reading real CSV files and writing
    answers CSVs and a fresh PostgreSQL database; the rows are the same for every shape:
    ``a`` one file of all rows, ``b`` files of 10 rows, ``c`` 10 files. The mean batch
@@ -100,11 +100,11 @@ def worker_handler(spec: dict) -> dict:
 
 
 def worker_pipeline(spec: dict) -> dict:
-    """``beam_qa.pipeline.run(argv)`` as it is, then RunInference's own batch-size figures."""
+    """``beam_qa.launch.run(argv)`` as it is, then RunInference's own batch-size figures."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    from beam_qa import pipeline
-    result = pipeline.run(spec["argv"])
+    from beam_qa import launch
+    result = launch.run(spec["argv"])
     query = result.metrics().query(MetricsFilter().with_namespace("beam_qa"))
     distributions: dict[str, dict] = {}
     for item in query["distributions"]:

@@ -6,7 +6,6 @@ import dataclasses
 import gc
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_qa import metrics
+from beam_qa import metrics, runtime
+from beam_qa.errors import RowErrorKind
 from beam_qa.qa import decode
 from beam_qa.qa import precision as precisions
 from beam_qa.qa.model_store import LoadedModel, load_count, load_model
@@ -142,32 +142,13 @@ def is_transient(exc: BaseException) -> bool:
                                          "cublas_status_alloc_failed"))
 
 
-class _ForwardSlots:
-    """Limits the model calls that run at once in this process (``pipeline.model_concurrency``).
-
-    A worker process runs one model call per concurrent bundle; with ``threads`` intra-op
-    threads each, more calls at once than the process's CPUs allow would oversubscribe them.
-    """
-
-    _lock = threading.Lock()
-    _slots: threading.BoundedSemaphore | None = None
-    _size = 0
-
-    @classmethod
-    def get(cls, size: int) -> threading.BoundedSemaphore:
-        size = max(1, size)
-        with cls._lock:
-            if cls._slots is None or cls._size != size:
-                cls._slots, cls._size = threading.BoundedSemaphore(size), size
-            return cls._slots
-
-
 @dataclasses.dataclass(frozen=True)
 class QaPrediction:
     """The model's answer for one example, or why there is none."""
 
     span: decode.Span | None
     error: str = ""
+    kind: str = ""  # the RowErrorKind value of ``error``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,70 +172,39 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     forward pass is slower per row than several cache-sized ones.
     """
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        device: str = "auto",
-        precision: str = "fp32",
-        runtime: str = "auto",
-        max_seq_len: int = 384,
-        doc_stride: int = 128,
-        max_answer_len: int = 15,
-        min_batch_size: int = 1,
-        max_batch_size: int = 32,
-        max_batch_duration_secs: float | None = None,
-        tokens_per_forward: int | None = None,
-        concurrency: tuple[int, int] = (0, 1),
-        model_watch_pattern: str | None = None,
-        model_watch_interval_secs: float = 60.0,
-        storage_anonymous: bool = False,
-    ):
+    def __init__(self, model: ModelSettings | str, storage: StorageSettings | None = None, **overrides: Any):
+        """
+        Args:
+            model: the model's settings, or a model name or directory with default settings.
+            storage: how to reach a gs:// model or watch pattern.
+            **overrides: ``ModelSettings`` fields replacing those of ``model`` (tools and tests:
+                ``QuestionAnsweringModelHandler(path, device="cpu", precision="int8")``).
+        """
         super().__init__()
-        self._model_name = model
-        self._device = device
-        self._precision = precision
-        self._runtime = runtime
-        self._max_seq_len = max_seq_len
-        self._doc_stride = doc_stride
-        self._max_answer_len = max_answer_len
-        self._tokens_per_forward = tokens_per_forward
-        # (intra-op threads per model call, model calls at once in this process); threads 0: torch's default
-        self._inference_threads, self._concurrent_calls = concurrency
-        self._watch_pattern = model_watch_pattern
-        self._watch_interval_secs = model_watch_interval_secs
-        self._storage_anonymous = storage_anonymous
+        settings = ModelSettings(model=model) if isinstance(model, str) else model
+        self._settings = dataclasses.replace(settings, **overrides) if overrides else settings
+        self._storage = storage or StorageSettings()
+        self._model_name = self._settings.model
         self._unreported_loads = 0
-        self._batch_kwargs: dict[str, Any] = {
-            "min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-        if max_batch_duration_secs is not None:
-            self._batch_kwargs["max_batch_duration_secs"] = max_batch_duration_secs
 
-    @classmethod
-    def from_settings(cls, model: ModelSettings, storage: StorageSettings) -> QuestionAnsweringModelHandler:
-        """The handler the pipeline runs: one settings object for the model, one for storage."""
-        return cls(model.model, device=model.device, precision=model.precision, runtime=model.runtime,
-                   max_seq_len=model.max_seq_len, doc_stride=model.doc_stride, max_answer_len=model.max_answer_len,
-                   min_batch_size=model.min_batch_size, max_batch_size=model.max_batch_size,
-                   max_batch_duration_secs=model.max_batch_duration_secs,
-                   tokens_per_forward=model.tokens_per_forward,
-                   concurrency=(model.inference_threads, model.concurrent_calls),
-                   model_watch_pattern=model.watch_pattern, model_watch_interval_secs=model.watch_interval_secs,
-                   storage_anonymous=storage.anonymous)
+    @property
+    def settings(self) -> ModelSettings:
+        return self._settings
 
     def load_model(self) -> LoadedModel:
         before = load_count()
-        if self._inference_threads > 0:
+        settings = self._settings
+        if settings.inference_threads > 0:
             import torch
-            if torch.get_num_threads() != self._inference_threads:
-                # Process-wide: every model call of this worker process shares the CPUs (_ForwardSlots).
-                torch.set_num_threads(self._inference_threads)
+            if torch.get_num_threads() != settings.inference_threads:
+                # Process-wide: every model call of this worker process shares the CPUs (forward slots).
+                torch.set_num_threads(settings.inference_threads)
                 _LOGGER.info("beam_qa model calls use %d intra-op threads, at most %d at once in pid %d",
-                             self._inference_threads, self._concurrent_calls, os.getpid())
-        if self._watch_pattern:
+                             settings.inference_threads, settings.concurrent_calls, os.getpid())
+        if settings.watch_pattern:
             model = self._watcher().current()
         else:
-            model = load_model(self._model_name, self._device, self._precision, self._runtime)
+            model = load_model(self._model_name, settings.device, settings.precision, settings.runtime)
         # RunInference loads in DoFn.setup(), outside any bundle, where a metric update is
         # lost; the count is reported with the next batch instead (see run_inference).
         self._unreported_loads += load_count() - before
@@ -262,10 +212,10 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
 
     def _watcher(self):
         """This process's watcher of ``--model_watch_pattern`` (started, holding the newest model)."""
-        from beam_qa import clients
         from beam_qa.qa import model_watch
-        return model_watch.watcher(self._watch_pattern, self._watch_interval_secs, self._device, self._precision,
-                                   self._runtime, clients.storage(StorageSettings(anonymous=self._storage_anonymous)))
+        settings = self._settings
+        return model_watch.watcher(settings.watch_pattern, settings.watch_interval_secs, settings.device,
+                                   settings.precision, settings.runtime, runtime.storage(self._storage))
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """RunInference's hook for a new model: a directory, or its ``config.json``."""
@@ -273,7 +223,11 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             self._model_name = model_path[:-len("/config.json")] if model_path.endswith("/config.json") else model_path
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return dict(self._batch_kwargs)
+        kwargs: dict[str, Any] = {"min_batch_size": self._settings.min_batch_size,
+                                  "max_batch_size": self._settings.max_batch_size}
+        if self._settings.max_batch_duration_secs is not None:
+            kwargs["max_batch_duration_secs"] = self._settings.max_batch_duration_secs
+        return kwargs
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
@@ -299,7 +253,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         if self._unreported_loads:
             metrics.MODEL_LOADS.inc(self._unreported_loads)
             self._unreported_loads = 0
-        if self._watch_pattern:
+        if self._settings.watch_pattern:
             # The newest published model for every new batch (a batch never changes model midway).
             model = self._watcher().current()
         predictions = self._answer_isolating(list(batch), model)
@@ -314,7 +268,8 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             if len(batch) == 1:
                 first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
                 _LOGGER.warning("the model failed on one row: %s: %s", type(exc).__name__, first_line)
-                return [QaPrediction(span=None, error=f"model failed on this row: {type(exc).__name__}: {first_line}")]
+                return [QaPrediction(span=None, error=f"model failed on this row: {type(exc).__name__}: {first_line}",
+                                     kind=RowErrorKind.MODEL.value)]
             middle = len(batch) // 2
             return self._answer_isolating(batch[:middle], model) + self._answer_isolating(batch[middle:], model)
 
@@ -348,11 +303,12 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 length = window.length
                 decoded[window.example].append((window, decode.window_candidates(
                     start_logits[:length], end_logits[:length], window.p_mask,
-                    max_answer_len=self._max_answer_len)))
+                    max_answer_len=self._settings.max_answer_len)))
         predictions = []
         for index, (_, context) in enumerate(batch):
             if errors.get(index):
-                predictions.append(QaPrediction(span=None, error=errors[index]))
+                predictions.append(QaPrediction(span=None, error=errors[index],
+                                                kind=RowErrorKind.QUESTION_TOO_LONG.value))
                 continue
             # Back to window order: equal answers from several windows merge into the
             # first one's offsets, as in the reference, so the order matters.
@@ -361,11 +317,12 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             span = decode.best_answer(
                 context, [candidates for _, candidates in in_order],
                 lambda w, s, e, encodings=encodings: decode.word_aligned_span(encodings[w], s, e))
-            predictions.append(QaPrediction(span=span, error="" if span else "no answer span found"))
+            predictions.append(QaPrediction(span=span, error="" if span else "no answer span found",
+                                            kind="" if span else RowErrorKind.NO_ANSWER.value))
         return predictions
 
     def _tokenize(self, batch: Sequence[QaExample], tokenizer) -> tuple[list[_Window], dict[int, str]]:
-        kwargs = dict(truncation="only_second", max_length=self._max_seq_len, stride=self._doc_stride,
+        kwargs = dict(truncation="only_second", max_length=self._settings.max_seq_len, stride=self._settings.doc_stride,
                       return_overflowing_tokens=True, padding=False)
         questions = [q for q, _ in batch]
         contexts = [c for _, c in batch]
@@ -382,7 +339,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 try:
                     single = tokenizer(question, context, **kwargs)
                 except Exception as exc:  # pylint: disable=broad-except
-                    errors[index] = f"question too long for max_seq_len {self._max_seq_len}: {exc}"
+                    errors[index] = f"question too long for max_seq_len {self._settings.max_seq_len}: {exc}"
                     continue
                 per_example.extend((index, enc) for enc in single.encodings)
         cls_id = tokenizer.cls_token_id
@@ -413,7 +370,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         input_names = [n for n in model.tokenizer.model_input_names
                        if n in ("input_ids", "attention_mask", "token_type_ids")]
         pad_id = model.tokenizer.pad_token_id or 0
-        budget = self._tokens_per_forward or default_tokens_per_forward(model.device, model.precision)
+        budget = self._settings.tokens_per_forward or default_tokens_per_forward(model.device, model.precision)
         for chunk in self._micro_batches(ordered, budget):
             width = chunk[-1].length
             ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
@@ -425,7 +382,7 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                 types[row, :window.length] = window.encoding.type_ids
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             inputs = {name: torch.from_numpy(arrays[name]).to(model.device) for name in input_names}
-            with _ForwardSlots.get(self._concurrent_calls), torch.inference_mode():
+            with runtime.current().forward_slots(self._settings.concurrent_calls), torch.inference_mode():
                 output = model.model(**inputs)
             yield chunk, (output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy())
 

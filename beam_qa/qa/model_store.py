@@ -7,20 +7,17 @@ import hashlib
 import logging
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
+from beam_qa import runtime as worker_runtime
+from beam_qa.errors import UsageError
 from beam_qa.qa import precision as precisions
 
 _LOGGER = logging.getLogger(__name__)
 
-_CACHE: dict[tuple[str, str, str], "LoadedModel"] = {}
-_CACHE_LOCK = threading.Lock()
-_LOAD_COUNT = 0
 
-
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UsageError):
     """The model named by ``--model`` cannot be found or loaded."""
 
 
@@ -127,8 +124,8 @@ def load_model(model: str, device: str = "auto", precision: str = "fp32", runtim
     """Loads ``model`` once per process and returns the shared instance.
 
     Beam's shared handle lets the DirectRunner drop a model when it discards a DoFn;
-    this process-wide cache keeps it, so every bundle and every file reuses one load.
-    The cache key is the model, the resolved device, precision and runtime.
+    the process's runtime (``beam_qa.runtime``) keeps it, so every bundle and every file reuses
+    one load. The cache key is the model, the resolved device, precision and runtime.
 
     Args:
         model: Hugging Face id, local directory or gs:// directory.
@@ -139,14 +136,14 @@ def load_model(model: str, device: str = "auto", precision: str = "fp32", runtim
     Returns:
         The loaded model.
     """
-    global _LOAD_COUNT
+    owner = worker_runtime.current()
     resolved_device = resolve_device(device)
     resolved_precision = precisions.resolve(precision, resolved_device)
     resolved_runtime = precisions.resolve_runtime(runtime, resolved_precision, resolved_device)
     key = (model, resolved_device, resolved_precision, resolved_runtime)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
+    with owner.models_lock:
+        if key in owner.models:
+            return owner.models[key]
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
         path = _local_copy(model) if model.startswith("gs://") else model
         try:
@@ -167,11 +164,11 @@ def load_model(model: str, device: str = "auto", precision: str = "fp32", runtim
             model_id += " onnxruntime"
         loaded = LoadedModel(name=model, tokenizer=tokenizer, model=runner, device=resolved_device,
                              precision=resolved_precision, model_id=model_id)
-        _CACHE[key] = loaded
-        _LOAD_COUNT += 1
+        owner.models[key] = loaded
+        owner.model_loads += 1
         _LOGGER.info("beam_qa model loaded: %s (precision %s requested; cpu features: %s; torch threads %d; "
                      "load #%d in pid %d)", model_id, precision, ",".join(precisions.cpu_features()) or "none",
-                     _torch_threads(), _LOAD_COUNT, os.getpid())
+                     _torch_threads(), owner.model_loads, os.getpid())
         return loaded
 
 
@@ -180,9 +177,10 @@ def evict(model: str) -> None:
 
     Batches still running keep their reference until they finish; then the memory is free.
     """
-    with _CACHE_LOCK:
-        for key in [key for key in _CACHE if key[0] == model]:
-            del _CACHE[key]
+    owner = worker_runtime.current()
+    with owner.models_lock:
+        for key in [key for key in owner.models if key[0] == model]:
+            del owner.models[key]
 
 
 def _prepare(qa_model, device: str, precision: str, runtime: str, revision: str, tokenizer):
@@ -234,4 +232,4 @@ def weights_revision(qa_model, path: str) -> str:
 
 def load_count() -> int:
     """How many times this process actually loaded a model (cache misses)."""
-    return _LOAD_COUNT
+    return worker_runtime.current().model_loads

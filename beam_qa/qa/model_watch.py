@@ -26,16 +26,14 @@ import threading
 from collections.abc import Callable
 
 from beam_qa import metrics
+from beam_qa.errors import UsageError
 
 _LOGGER = logging.getLogger(__name__)
 
 MARKER = "config.json"
 
-_LOCK = threading.Lock()
-_WATCHERS: dict[tuple, ModelWatcher] = {}
 
-
-class NoPublishedModelError(ValueError):
+class NoPublishedModelError(UsageError):
     """The watch pattern matches no published model (a ``config.json``)."""
 
 
@@ -55,9 +53,9 @@ def newest_published(pattern: str, storage) -> PublishedModel | None:
 
 
 def check_pattern(pattern: str) -> None:
-    """Raises ValueError unless ``pattern`` names ``config.json`` files (what marks a complete model)."""
+    """Raises UsageError unless ``pattern`` names ``config.json`` files (what marks a complete model)."""
     if not pattern.endswith("/" + MARKER):
-        raise ValueError(f"--model_watch_pattern {pattern!r} must end with /{MARKER} (for example "
+        raise UsageError(f"--model_watch_pattern {pattern!r} must end with /{MARKER} (for example "
                          f"gs://my-bucket/models/*/{MARKER}): a model counts as published once its {MARKER} "
                          "is written, last.")
 
@@ -137,25 +135,19 @@ class ModelWatcher:
             self._thread.join(timeout=5)
 
 
-def watcher(pattern: str, interval_secs: float, device: str, precision: str, runtime: str, storage) -> ModelWatcher:
-    """This process's started watcher for ``pattern`` on ``device`` at ``precision`` with ``runtime``."""
+def watcher(pattern: str, interval_secs: float, device: str, precision: str, runtime_name: str,
+            storage) -> ModelWatcher:
+    """This process's started watcher for ``pattern`` on ``device`` at ``precision`` with ``runtime_name``.
+
+    The process's runtime (``beam_qa.runtime``) holds it and stops it on ``close()``.
+    """
+    from beam_qa import runtime
     from beam_qa.qa import model_store
-    key = (pattern, interval_secs, device, precision, runtime)
-    with _LOCK:
-        found = _WATCHERS.get(key)
-        if found is None:
-            found = ModelWatcher(pattern, interval_secs,
-                                 load=lambda directory: model_store.load_model(directory, device, precision, runtime),
-                                 evict=model_store.evict, storage=storage)
-            found.start()
-            _WATCHERS[key] = found
+
+    def start() -> ModelWatcher:
+        found = ModelWatcher(pattern, interval_secs,
+                             load=lambda directory: model_store.load_model(directory, device, precision, runtime_name),
+                             evict=model_store.evict, storage=storage)
+        found.start()
         return found
-
-
-def stop_all() -> None:
-    """Stops every watcher of this process (local runs, when the pipeline has finished)."""
-    with _LOCK:
-        found = list(_WATCHERS.values())
-        _WATCHERS.clear()
-    for item in found:
-        item.stop()
+    return runtime.current().watcher((pattern, interval_secs, device, precision, runtime_name), start)

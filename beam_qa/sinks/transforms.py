@@ -18,10 +18,10 @@ import apache_beam as beam
 from apache_beam.transforms import window
 
 from beam_qa import metrics
-from beam_qa.clients import WorkerDoFn
+from beam_qa.runtime import WorkerDoFn
 from beam_qa.events import answers_location
 from beam_qa.records import AnsweredFile, CompletedFile, FileFailure, RowOutcome
-from beam_qa.settings import PostgresSettings, StorageSettings
+from beam_qa.settings import OutputSettings, PostgresSettings, StorageSettings
 from beam_qa.sinks.gcs_csv import render_answers_csv
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ class WriteAnswersPostgres(beam.PTransform):
 
 
 class _WriteCsvFn(WorkerDoFn):
-    def __init__(self, answers_prefix: str, pg: PostgresSettings, files: StorageSettings, attempts: int = 5):
+    def __init__(self, outputs: OutputSettings, pg: PostgresSettings, files: StorageSettings, attempts: int = 5):
         super().__init__(pg=pg, files=files)
-        self._answers_prefix = answers_prefix
+        self._answers_prefix = outputs.answers_prefix
         self._attempts = attempts
 
     def process(self, completed: CompletedFile):
@@ -142,9 +142,9 @@ class WriteAnswersCsv(beam.PTransform):
     not from the source object, which a re-upload of the same name may already have replaced.
     """
 
-    def __init__(self, answers_prefix: str, pg: PostgresSettings, files: StorageSettings):
+    def __init__(self, outputs: OutputSettings, pg: PostgresSettings, files: StorageSettings):
         super().__init__()
-        self._fn = _WriteCsvFn(answers_prefix, pg, files)
+        self._fn = _WriteCsvFn(outputs, pg, files)
 
     def expand(self, completed):
         return completed | "WriteCsv" >> beam.ParDo(self._fn)

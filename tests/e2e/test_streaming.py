@@ -107,7 +107,7 @@ def test_other_prefixes_suffixes_and_events_are_ignored(stack, bucket):
 
 
 def test_bounded_mode_writes_the_same_answers_as_streaming(stack, bucket, tmp_path, tiny_model):
-    from beam_qa.pipeline import run
+    from beam_qa.launch import run
     data = squad_csv(400, 8)
     blob = upload(bucket, "incoming/same/compare.csv", data)
     uri = f"gs://{bucket.name}/{blob.name}"

@@ -13,11 +13,13 @@ import time
 import pytest
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_qa import clients
+from beam_qa import runtime
 from beam_qa.reading import _ClaimFn, chunk_rows  # pylint: disable=protected-access
 from beam_qa.records import Chunk, ChunkRow, Claim, CompletedFile, FileEvent, RowOutcome
 from beam_qa.settings import PostgresSettings, StorageSettings, SweepSettings
-from beam_qa.sinks import postgres as pg_sql
+from beam_qa.store import answers as pg_answers
+from beam_qa.store.leases import LeaseKeeper
+from beam_qa.store.sweep import ABANDONED_REASON
 from beam_qa.sinks.transforms import _CommitRowsFn  # pylint: disable=protected-access
 from beam_qa.sources import _SweepFn, _SweepScheduleFn  # pylint: disable=protected-access
 from beam_qa.storage import ObjectInfo
@@ -35,8 +37,8 @@ def settings():
 
 @pytest.fixture
 def store(settings):
-    yield clients.postgres(settings)
-    clients.close_all()
+    yield runtime.postgres(settings)
+    runtime.close()
 
 
 def event(name: str = "a.csv", generation: int = 7, trigger: str = "pubsub:1") -> FileEvent:
@@ -122,14 +124,14 @@ def test_the_claim_dofn_skips_events_it_cannot_start(settings):
     try:
         assert [c.attempt for c in fn.process(event(trigger="pubsub:1"))] == [1]
         assert list(fn.process(event(trigger="pubsub:2"))) == []  # leased by the first
-        assert (event().uri, event().generation, 1) in clients.leases(settings).held()
+        assert (event().uri, event().generation, 1) in runtime.leases(settings).held()
     finally:
-        clients.close_all()
+        runtime.close()
 
 
 def test_the_lease_keeper_renews_live_leases_and_lets_released_ones_lapse(store, settings):
     first, second = event("one.csv"), event("two.csv")
-    keeper = pg_sql.LeaseKeeper(store)
+    keeper = LeaseKeeper(store)
     for ev in (first, second):
         keeper.hold(ev, store.claim(ev))
     before = dict(query(settings.dsn, "SELECT source_uri, lease_until FROM qa_files"))
@@ -195,7 +197,7 @@ def test_each_commit_reads_only_its_own_chunks(store, settings, monkeypatch):
     (ev, chunks) = (event(), None)
     chunks = start(store, ev, 400, 2)                 # 200 chunks
     fetched: list[int] = []
-    original = pg_sql.PostgresStore._commit_file      # pylint: disable=protected-access
+    original = pg_answers.AnswerQueries._commit_file      # pylint: disable=protected-access
 
     def counting(self, conn, batch):
         class Counting:
@@ -213,7 +215,7 @@ def test_each_commit_reads_only_its_own_chunks(store, settings, monkeypatch):
             def cursor(self):
                 return self._inner.cursor()
         return original(self, Counting(conn), batch)
-    monkeypatch.setattr(pg_sql.PostgresStore, "_commit_file", counting)
+    monkeypatch.setattr(pg_answers.AnswerQueries, "_commit_file", counting)
     worker = Bundles(settings)
     for chunk in chunks:
         worker.run(*outcomes(chunk))
@@ -251,12 +253,12 @@ class _Listing:
 def test_the_sweep_retries_a_stalled_file_and_abandons_one_whose_source_is_gone(settings):
     stalled, vanished = event("stalled.csv"), event("vanished.csv")
     listing = _Listing([ObjectInfo(stalled.uri, stalled.generation, 100, time.time() - 3600)])
-    with clients.override(storage_factory=lambda _settings: listing):
-        store = clients.postgres(settings)
+    with runtime.override(storage_factory=lambda _settings: listing):
+        store = runtime.postgres(settings)
         for ev in (stalled, vanished):
             chunks = start(store, ev, 4, 2)
             Bundles(settings).run(*outcomes(chunks[0]))   # half done, then its worker died
-        sweep = _SweepFn(SweepSettings(bucket=BUCKET, interval_secs=60, grace_secs=0), "incoming/", settings,
+        sweep = _SweepFn(SweepSettings(bucket=BUCKET, interval_secs=60, grace_secs=0, incoming_prefix="incoming/"), settings,
                          StorageSettings())
         sweep.setup()
         assert list(sweep.process("tick-1")) == []        # both leases are live: nothing to do
@@ -265,7 +267,7 @@ def test_the_sweep_retries_a_stalled_file_and_abandons_one_whose_source_is_gone(
         swept = list(sweep.process("tick-2"))             # the GC timer fired
     assert [(e.uri, e.trigger) for e in swept] == [(stalled.uri, "sweep:tick-2")]
     assert query(settings.dsn, "SELECT source_uri, status, error FROM qa_files ORDER BY 1") == [
-        (stalled.uri, "received", None), (vanished.uri, "failed", pg_sql.ABANDONED_REASON)]
+        (stalled.uri, "received", None), (vanished.uri, "failed", ABANDONED_REASON)]
     # No chunk records are left behind for the abandoned file.
     assert query(settings.dsn, "SELECT DISTINCT source_uri FROM qa_chunks") == [(stalled.uri,)]
 

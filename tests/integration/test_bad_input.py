@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_qa.pipeline import run
+from beam_qa.launch import run
 from tests.bad_input_cases import CASES, MAX_ROWS, check_outcome
 from tests.conftest import fresh_database, query
 

@@ -3,7 +3,7 @@
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_qa.pipeline import run
+from beam_qa.launch import run
 from tests.conftest import csv_bytes, fresh_database, query, read_csv_text, squad_csv
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_qa.pipeline import run
+from beam_qa.launch import run
 from tests import handlers
 from tests.conftest import POISON, csv_bytes, fresh_database, poisoned_model, query, squad_csv
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from beam_qa.dev.squad import squad_rows
-from beam_qa.pipeline import run
+from beam_qa.launch import run
 from tests import handlers
 from tests.conftest import fresh_database, query
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from beam_qa.pipeline import run
+from beam_qa.launch import run
 from tests.bad_input_cases import PARIS, SQL_PAYLOADS, check_outcome, sql_metacharacter_case
 from tests.conftest import csv_bytes, fresh_database, query
 

@@ -175,13 +175,19 @@ def _boom(_):
     raise ValueError("a bug inside a DoFn")
 
 
-def test_a_value_error_from_the_running_pipeline_counts_as_a_bug_not_a_usage_error():
+def test_a_value_error_from_the_running_pipeline_counts_as_a_bug_not_a_usage_error(inputs, monkeypatch):
+    """Only a UsageError is reported as one line: a ValueError while the pipeline runs keeps its traceback."""
     import apache_beam as beam
-    from beam_qa.pipeline import parse_options
-    with pytest.raises(ValueError) as running:
+    from beam_qa.errors import UsageError
+    from beam_qa.launch import parse_options
+
+    def run(config):
         with beam.Pipeline(runner="DirectRunner") as pipeline:
             _ = pipeline | beam.Create([1]) | beam.Map(_boom)
-    assert cli._raised_while_running(running.value)  # pylint: disable=protected-access
-    with pytest.raises(ValueError) as checking:
+    monkeypatch.setattr(cli.launch, "run", run)
+    with pytest.raises(ValueError, match="a bug inside a DoFn") as running:
+        cli.main([f"--input_pattern={inputs['csvs']}", f"--model={inputs['model']}", "--pg_dsn=x"])
+    assert not isinstance(running.value, UsageError)
+    with pytest.raises(UsageError):
         parse_options(["--pg_dsn=x"])
-    assert not cli._raised_while_running(checking.value)  # pylint: disable=protected-access
+    assert cli.main(["--pg_dsn=x"]) == cli.EXIT_USAGE

@@ -16,7 +16,9 @@ import pytest
 
 import beam_qa
 from beam_qa import secret_manager
-from beam_qa.pipeline import build_pipeline, parse_options
+from beam_qa.config import from_options
+from beam_qa.launch import model_concurrency, parse_options
+from beam_qa.pipeline import build_pipeline
 
 STREAMING_STEPS = [
     "ReadGcsNotifications",
@@ -77,7 +79,7 @@ def dry_run(argv: list[str]):
     """Builds the graph for Dataflow and runs the runner up to (not including) job submission."""
     opts = parse_options(DATAFLOW_ARGS + argv)
     pipeline = beam.Pipeline(options=opts)
-    build_pipeline(pipeline, opts)
+    build_pipeline(pipeline, from_options(opts, model=opts.model, concurrency=model_concurrency(opts)))
     result = pipeline.run()
     return result.job
 

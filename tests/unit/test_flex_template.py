@@ -18,7 +18,7 @@ import pytest
 import re2
 
 from beam_qa.options import QaOptions
-from beam_qa.pipeline import parse_options
+from beam_qa.launch import parse_options
 from tests.gcloud_cli import run_gcloud, unrecognized_fields
 
 METADATA_PATH = Path(__file__).resolve().parents[2] / "flex_template.json"

@@ -6,8 +6,8 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
-from beam_qa import launch, pipeline
-from beam_qa.pipeline import parse_options, run
+from beam_qa import launch
+from beam_qa.launch import parse_options, run
 from tests.unit.test_dataflow_graph import DATAFLOW_ARGS, offline  # noqa: F401  (offline is a fixture)
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/beam-qa/beam-qa-worker:built-in"
@@ -35,7 +35,7 @@ def submitted(monkeypatch):
         return result
 
     monkeypatch.setattr(DataflowRunner, "run_pipeline", run_pipeline)
-    monkeypatch.setattr(pipeline, "check_model_available", lambda model: None)
+    monkeypatch.setattr(launch, "check_model_available", lambda model: None)
     return record
 
 

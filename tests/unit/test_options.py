@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_qa.pipeline import parse_options
+from beam_qa.launch import parse_options
 
 BASE = ["--pg_dsn=dbname=x"]
 
@@ -93,23 +93,27 @@ def test_the_dev_stack_never_prints_or_passes_a_database_password():
     (["--runner=DataflowRunner", "--sdk_container_image=img", "--experiments=no_use_multiple_sdk_containers"], (0, 1)),
 ])
 def test_model_calls_share_the_cpus_without_oversubscribing_them(extra, expected, monkeypatch):
-    from beam_qa import pipeline
-    monkeypatch.setattr(pipeline, "usable_cpus", lambda: 8)
-    assert pipeline.model_concurrency(parse_options(BASE + ["--input_pattern=x"] + extra)) == expected
+    from beam_qa import launch
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 8)
+    assert launch.model_concurrency(parse_options(BASE + ["--input_pattern=x"] + extra)) == expected
 
 
 def test_the_handler_is_built_from_one_model_settings_object(monkeypatch):
-    from beam_qa import pipeline
-    monkeypatch.setattr(pipeline, "usable_cpus", lambda: 4)
+    from beam_qa import launch, pipeline
+    from beam_qa.config import from_options
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 4)
     opts = parse_options(BASE + ["--input_pattern=x", "--precision=bf16", "--runtime=torch", "--max_seq_len=256",
                                  "--max_batch_size=8", "--max_batch_duration_secs=2", "--direct_num_workers=2",
                                  "--model_watch_pattern=gs://b/models/*/config.json", "--gcs_anonymous"])
-    settings = opts.model_settings(pipeline.model_concurrency(opts))
+    config = from_options(opts, model=opts.model, concurrency=launch.model_concurrency(opts))
+    settings = config.model
     assert (settings.precision, settings.runtime, settings.max_seq_len) == ("bf16", "torch", 256)
     assert (settings.inference_threads, settings.concurrent_calls) == (2, 2)
-    handler = pipeline.make_handler(opts)
+    handler = pipeline.make_handler(config)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8,
                                                "max_batch_duration_secs": 2.0}
-    assert (handler._precision, handler._runtime, handler._max_seq_len) == ("bf16", "torch", 256)
-    assert (handler._inference_threads, handler._concurrent_calls) == (2, 2)
-    assert handler._watch_pattern == "gs://b/models/*/config.json" and handler._storage_anonymous
+    assert handler.settings is settings  # the one settings object, whole
+    assert (handler.settings.precision, handler.settings.runtime, handler.settings.max_seq_len) == (
+        "bf16", "torch", 256)
+    assert (handler.settings.inference_threads, handler.settings.concurrent_calls) == (2, 2)
+    assert handler.settings.watch_pattern == "gs://b/models/*/config.json" and handler._storage.anonymous

@@ -9,10 +9,10 @@ import pickle
 import pytest
 from apache_beam.internal import pickler
 
-from beam_qa import clients, secret_manager
-from beam_qa.pipeline import parse_options
+from beam_qa import runtime, secret_manager
+from beam_qa.launch import parse_options
 from beam_qa.settings import PostgresSettings
-from beam_qa.sinks.postgres import PostgresStore
+from beam_qa.store.postgres import PostgresStore
 from beam_qa.sinks.transforms import WriteAnswersPostgres
 
 SECRET = "projects/p/secrets/pg-password/versions/4"
@@ -35,20 +35,20 @@ def no_connection(monkeypatch):
     """The store's pool is never opened: these tests only look at what it would connect with."""
     monkeypatch.setattr(PostgresStore, "open", lambda self: None)
     yield
-    clients.close_all()
+    runtime.close()
 
 
 def test_the_worker_fetches_the_password_when_it_opens_its_pool(fake_secret, no_connection):
     settings = PostgresSettings("host=db dbname=beam_qa user=beam_qa", password_secret=SECRET)
     assert fake_secret == []  # nothing read when the settings are built
-    store = clients.postgres(settings)
+    store = runtime.postgres(settings)
     assert store._connect_kwargs == {"password": PASSWORD}  # pylint: disable=protected-access
-    assert clients.postgres(settings) is store  # one store (and one read) per process
+    assert runtime.postgres(settings) is store  # one store (and one read) per process
     assert fake_secret == [SECRET]
 
 
 def test_a_store_without_a_secret_adds_no_password(fake_secret, no_connection):
-    store = clients.postgres(PostgresSettings("host=db dbname=beam_qa user=beam_qa"))
+    store = runtime.postgres(PostgresSettings("host=db dbname=beam_qa user=beam_qa"))
     assert store._connect_kwargs == {}  # pylint: disable=protected-access
     assert fake_secret == []
 

@@ -167,22 +167,22 @@ class PipelineRecords:
         self.attempt = None
 
     def _store(self):
-        from beam_qa import clients
+        from beam_qa import runtime
         from beam_qa.settings import PostgresSettings
-        return clients.postgres(PostgresSettings(self._dsn, retry_secs=10))
+        return runtime.postgres(PostgresSettings(self._dsn, retry_secs=10))
 
     def received(self, row_count: int, chunks: int = 1) -> None:
-        from beam_qa import clients
+        from beam_qa import runtime
         try:
             store = self._store()
             self.attempt = store.claim(self.event)
             assert store.record_manifest(self.event, self.attempt, ["id", "question", "context"], row_count, chunks)
         finally:
-            clients.close_all()
+            runtime.close()
 
     def commit(self, rows: list[tuple], row_count: int):
         """``rows``: ``(row_index, id, question, context, answer, score, start, end, error)``; one chunk."""
-        from beam_qa import clients
+        from beam_qa import runtime
         from beam_qa.records import ChunkRow, RowOutcome
         outcomes = [RowOutcome(self.event, self.attempt, 0, 0, row_count,
                                ChunkRow(index, question, context, row_id, "", (row_id,)),
@@ -191,13 +191,13 @@ class PipelineRecords:
         try:
             return self._store().commit_rows(outcomes)
         finally:
-            clients.close_all()
+            runtime.close()
 
     def done(self, row_count: int, errors: int, output_uri: str) -> None:
-        from beam_qa import clients
+        from beam_qa import runtime
         from beam_qa.records import AnsweredFile
         try:
             assert self._store().mark_done(AnsweredFile(self.event, self.attempt, row_count, errors, output_uri,
                                                         "t")) is not None
         finally:
-            clients.close_all()
+            runtime.close()

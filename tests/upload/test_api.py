@@ -215,7 +215,7 @@ def test_unknown_and_malformed_ids(make_client):
 
 def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload_db):
     """Writes qa_files/qa_answers with the pipeline's own store and reads them back through the API."""
-    from beam_qa import clients
+    from beam_qa import runtime
     from beam_qa.records import AnsweredFile, ChunkRow, FileEvent, FileFailure, RowOutcome
     from beam_qa.settings import PostgresSettings
     from upload_service.services.gcs import make_client as gcs_client
@@ -225,7 +225,7 @@ def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload
     upload_id, uri, generation = accepted["upload_id"], accepted["object"], accepted["generation"]
     bucket_root = f"gs://{client.settings.bucket}/"
     event = FileEvent(uri, generation, accepted["size"], bucket_root, uri[len(bucket_root):], 0.0, "test")
-    store = clients.postgres(PostgresSettings(upload_db, retry_secs=10))
+    store = runtime.postgres(PostgresSettings(upload_db, retry_secs=10))
     try:
         attempt = store.claim(event)
         assert store.record_manifest(event, attempt, ["id", "question", "context"], 2, 1)
@@ -247,7 +247,7 @@ def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload
         assert store.commit_rows(rows).completed
         assert store.mark_done(AnsweredFile(event, attempt, 2, 1, answers_uri, "tiny")) is not None
     finally:
-        clients.close_all()
+        runtime.close()
     status = client.get(f"/uploads/{upload_id}").json()
     assert status["status"] == "done" and status["row_count"] == 2
     assert (status["answered_count"], status["error_count"]) == (1, 1)
@@ -269,13 +269,13 @@ def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload
     failed = post(client, "bad.csv", GOOD).json()
     failed_event = FileEvent(failed["object"], failed["generation"], failed["size"], bucket_root,
                              failed["object"][len(bucket_root):], 0.0, "test")
-    store = clients.postgres(PostgresSettings(upload_db, retry_secs=10))
+    store = runtime.postgres(PostgresSettings(upload_db, retry_secs=10))
     try:
         failed_attempt = store.claim(failed_event)
         assert store.mark_failed(FileFailure(failed_event, failed_attempt, "missing_columns",
                                              "missing column(s) context"))
     finally:
-        clients.close_all()
+        runtime.close()
     body = client.get(f"/uploads/{failed['upload_id']}").json()
     assert (body["status"], body["error"]) == ("failed", "missing column(s) context")
     refused = client.get(f"/uploads/{failed['upload_id']}/answers")

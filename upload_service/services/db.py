@@ -15,33 +15,12 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from beam_qa.store.schema import ensure_schema
 from upload_service.core.errors import ApiError
 
 _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Created by this service (not by the pipeline), under its own advisory lock so that several
-# instances starting at once do not collide; documented beside the pipeline's tables in
-# README "PostgreSQL schema" (the pipeline's tables are beam_qa/sql/migrations/).
-UPLOADS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS qa_uploads (
-    upload_id         TEXT        PRIMARY KEY,           -- 32 hex digits: the folder under the incoming prefix
-    filename          TEXT        NOT NULL,              -- the sanitised file name
-    source_uri        TEXT,                              -- gs://BUCKET/<prefix><upload_id>/<filename>; NULL if refused
-    source_generation BIGINT,                            -- the object's generation; NULL if refused
-    size_bytes        BIGINT,                            -- bytes received; NULL if cut off over the limit
-    row_count         INTEGER,                           -- data rows the service counted; NULL if refused
-    rejected          TEXT,                              -- the error kind when the service refused the file, else NULL
-    error             TEXT,                              -- why it was refused
-    uploaded_at       TIMESTAMPTZ NOT NULL DEFAULT now()
-);
--- GET /uploads pages newest first by (uploaded_at, upload_id).
-CREATE INDEX IF NOT EXISTS qa_uploads_newest_idx ON qa_uploads (uploaded_at DESC, upload_id DESC);
-"""
-
-# Any fixed number, distinct from the pipeline's schema lock (beam_qa/sinks/postgres.py).
-_UPLOADS_SCHEMA_LOCK_ID = 0x62716175706C64  # "bqaupld"
 
 RECORD_UPLOAD = """
 INSERT INTO qa_uploads (upload_id, filename, source_uri, source_generation, size_bytes, row_count, uploaded_at)
@@ -185,11 +164,9 @@ class Database:
         try:
             with self._get_pool().connection() as conn:
                 if not self._schema_ready:
-                    # The service may start before the pipeline ever ran: the tables it reads
-                    # come from the same idempotent schema file, under the pipeline's lock.
-                    from beam_qa.sinks.postgres import ensure_schema
+                    # The service may start before the pipeline ever ran: its tables and the
+                    # ones it reads come from the same migrations, under the same lock.
                     ensure_schema(conn)
-                    ensure_uploads_schema(conn)
                     self._schema_ready = True
                 return work(conn)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
@@ -252,9 +229,3 @@ class Database:
             return [dict(zip(names, row)) for row in cur.fetchall()]
         return self._run(work, "reading answers")
 
-
-def ensure_uploads_schema(conn) -> None:
-    """Creates ``qa_uploads`` if missing; safe when several service instances do it at once."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_UPLOADS_SCHEMA_LOCK_ID,))
-        conn.execute(UPLOADS_SCHEMA)

@@ -1,4 +1,4 @@
--- beam-qa schema, version 1: the tables as first released. Applied by beam_qa.sinks.postgres.ensure_schema
+-- beam-qa schema, version 1: the tables as first released. Applied by beam_qa.store.schema.ensure_schema
 -- (migrations run in order, once, under an advisory lock); every statement is idempotent. Every side
 -- effect is keyed by (source_uri, source_generation[, row_index]) so that re-processing changes nothing.
 
@@ -37,9 +37,4 @@ CREATE INDEX IF NOT EXISTS qa_files_status_idx ON qa_files (status);
 -- LIKE 'prefix%' uses this index whatever the database's collation.
 CREATE INDEX IF NOT EXISTS qa_files_source_uri_prefix_idx ON qa_files (source_uri text_pattern_ops);
 
--- Not created here: the upload service creates and writes its own table, qa_uploads
--- (upload_service/services/db.py, UPLOADS_SCHEMA), the history behind GET /uploads. One row per
--- file it stored or refused: upload_id (32 hex digits, the folder under the incoming prefix),
--- filename, source_uri and source_generation (the object; NULL if refused, and joined to
--- qa_files on both), size_bytes, row_count, rejected (the error kind) and error when refused,
--- uploaded_at. The pipeline neither reads nor writes it.
+-- qa_uploads, the upload service's history, is migration 003.
