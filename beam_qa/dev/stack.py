@@ -382,11 +382,20 @@ class Stack:
         _LOGGER.info("pipeline ready (log: %s)", log)
         return proc
 
+    @property
+    def upload_open(self) -> bool:
+        """No API keys in the environment and a loopback address: the service runs with QA_AUTH=none."""
+        return not (os.environ.get("QA_API_KEYS") or os.environ.get("QA_API_TOKEN")) \
+            and self.config.upload_host in ("127.0.0.1", "localhost", "::1")
+
     def upload_env(self) -> dict[str, str]:
         """The upload service's settings (``upload_service/core/config.py``) for this stack."""
         cfg = self.config
+        # A local database the service may migrate itself; without keys, open to this machine only.
         return {**cfg.client_env(), "QA_GCS_URL": cfg.gcs_url, "QA_BUCKET": cfg.bucket,
-                "QA_INCOMING_PREFIX": cfg.incoming_prefix, "QA_PG_DSN": cfg.pg_dsn}
+                "QA_INCOMING_PREFIX": cfg.incoming_prefix, "QA_ANSWERS_PREFIX": cfg.answers_prefix,
+                "QA_PG_DSN": cfg.pg_dsn, "QA_APPLY_MIGRATIONS": "true",
+                **({"QA_AUTH": "none"} if self.upload_open else {})}
 
     def start_upload(self, timeout: float = 60.0) -> None:
         """Starts the upload service (uvicorn) and waits until GET /healthz answers."""
@@ -510,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"beam-qa is up. Upload CSVs to gs://{config.bucket}/{config.incoming_prefix} "
           f"(STORAGE_EMULATOR_HOST={config.gcs_url}); answers go to gs://{config.bucket}/{config.answers_prefix} "
           f"and PostgreSQL ({redacted_dsn(config.pg_dsn)}). Model: {stack.model_description}. "
-          f"Upload page and API: {config.upload_url}/ . "
+          f"Upload page and API: {config.upload_url}/ ("
+          f"{'no API keys: QA_AUTH=none, on loopback' if stack.upload_open else 'API keys: QA_API_KEYS'}). "
           f"Logs: {config.run_dir}/", flush=True)
     if args.command == "up":
         stack.procs.clear()  # detached: `down` stops them through their pid files
