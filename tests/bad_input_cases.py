@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import zipfile
+import zlib
 from collections.abc import Callable
 
 # Rows in the 100,000-row case; the pipeline runs use MAX_ROWS so that it is a cheap file error.
@@ -331,3 +332,14 @@ def sql_metacharacter_case(stem: str = SQL_FILE_STEM) -> Case:
     header = ("id", "question", "context", "note")
     rows = tuple((p, p + " Where is the tower?", p + " " + PARIS, p) for p in SQL_PAYLOADS)
     return Case(stem, _const(_csv(header, rows)), header=header, rows=rows)
+
+
+# -- a gzip bomb: stored gzip-encoded (what `gcloud storage cp -Z` writes), it inflates ~1000:1 ----------
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A CSV of ``inflated_mib`` MiB (``q,c`` rows), gzip-compressed to about a thousandth of that."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"q,c\n" * (1 << 18)  # 1 MiB
+    parts = [compressor.compress(b"question,context\n")]
+    parts += [compressor.compress(block) for _ in range(inflated_mib)]
+    return b"".join(parts) + compressor.flush()

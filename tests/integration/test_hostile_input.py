@@ -20,7 +20,6 @@ import os
 import subprocess
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,7 @@ from beam_qa.settings import InputSettings, PostgresSettings, StorageSettings, S
 from beam_qa.sources import _SweepFn  # pylint: disable=protected-access
 from beam_qa.storage import ContentEncodingError, ContentTooLarge, Storage, UnsafeName, safe_join
 from beam_qa.store.attempts import LEASE_EXPIRED
+from tests.bad_input_cases import gzip_bomb
 from tests.conftest import fresh_database, query, squad_csv
 from tests.e2e.support import free_port
 
@@ -78,15 +78,6 @@ def put(storage: Storage, name: str, data: bytes, encoding: str | None = None) -
     blob.content_encoding = encoding
     blob.upload_from_string(data, content_type="text/csv")
     return storage.client.bucket(BUCKET).get_blob(name).generation
-
-
-def gzip_bomb(inflated_mb: int) -> bytes:
-    """A CSV that gzip-compresses ~1000:1 (what `gcloud storage cp -Z` would store)."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = b"q,c\n" * (1 << 18)  # 1 MiB
-    parts = [compressor.compress(b"question,context\n")]
-    parts += [compressor.compress(block) for _ in range(inflated_mb)]
-    return b"".join(parts) + compressor.flush()
 
 
 # --- bounded work per file -------------------------------------------------------------------------
@@ -134,6 +125,22 @@ def test_the_read_step_fails_a_bomb_with_its_reason(gcs):
     assert failure.kind == "too_large"
     assert failure.reason == ("file is over the limit of 8388608 bytes once inflated (it is stored with "
                               "Content-Encoding: gzip); split it into smaller files")
+
+
+@pytest.mark.timeout(180)  # a guard, not a measurement: the quadratic check took minutes on this header alone
+def test_100000_column_headers_end_done_or_failed_through_the_pipeline(tmp_path, tiny_model):
+    """With --max_columns raised past them, so that every name is checked (the default refuses them at once)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [f"column_{i}" for i in range(99_998)]
+    (folder / "wide.csv").write_text(",".join(["question", "context", *names]) + "\nWhere?,In Paris.\n")
+    (folder / "no_context.csv").write_text(",".join(["question", "notes", *names]) + "\nWhere?,In Paris.\n")
+    dsn = fresh_database("beam_qa_hostile_wide")
+    run([f"--input_pattern={folder / '*.csv'}", f"--model={tiny_model}", f"--pg_dsn={dsn}", "--max_columns=200000"])
+    outcome = dict(query(dsn, "SELECT source_uri, status FROM qa_files"))
+    assert outcome == {str(folder / "wide.csv"): "done", str(folder / "no_context.csv"): "failed"}
+    (error,), = query(dsn, "SELECT error FROM qa_files WHERE status = 'failed'")
+    assert error.startswith("missing column(s) context in header ['question', 'notes',") and len(error) < 2_000
 
 
 # --- a model only its publisher can change ------------------------------------------------------------
