@@ -16,14 +16,14 @@ PG_BASE_DSN = os.environ.get("QA_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=po
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A random-weight DistilBERT QA model and tokenizer, built offline once per session."""
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     return str(build_model(tmp_path_factory.mktemp("model") / "tiny", "tiny"))
 
 
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory) -> str:
     """A DistilBERT-base-sized QA model with random weights: real compute, about 10 rows/s on 2 cores."""
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     return str(build_model(tmp_path_factory.mktemp("model") / "base", "base"))
 
 
@@ -73,7 +73,7 @@ def csv_bytes(header: list[str], rows: list[list[str]]) -> bytes:
 
 def squad_csv(start: int, count: int) -> bytes:
     """``id,question,context`` rows taken from the shared SQuAD sample."""
-    from beam_qa.dev.squad import squad_rows
+    from devtools.squad import squad_rows
     rows = squad_rows(start + count)[start:]
     return csv_bytes(["id", "question", "context"], [[r["id"], r["question"], r["context"]] for r in rows])
 

@@ -16,7 +16,7 @@ import time
 import psycopg
 import pytest
 
-from beam_qa.dev.squad import squad_rows
+from devtools.squad import squad_rows
 from beam_qa.pipeline import run
 from tests import handlers
 from tests.conftest import fresh_database, query

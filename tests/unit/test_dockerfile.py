@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from beam_qa.dev.worker_requirements import PROJECT, TARGETS, _closure  # pylint: disable=protected-access
+from devtools.worker_requirements import PROJECT, TARGETS, _closure  # pylint: disable=protected-access
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "Dockerfile.worker"

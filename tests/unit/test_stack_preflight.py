@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from beam_qa.dev import stack
+from devtools import stack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def stack_command(command: str, path: str, run_dir: Path) -> subprocess.Complete
     env = {**os.environ, "PATH": path, "QA_RUN_DIR": str(run_dir),
            "QA_PUBSUB_HOST": f"127.0.0.1:{free_port()}", "QA_GCS_URL": f"http://127.0.0.1:{free_port()}",
            "QA_PG_DSN": f"host=127.0.0.1 port={free_port()} user=postgres dbname=beam_qa"}
-    return subprocess.run([sys.executable, "-m", "beam_qa.dev.stack", command], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "devtools.stack", command], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=120, check=False)
 
 

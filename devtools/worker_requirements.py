@@ -4,8 +4,8 @@ The pins come from the resolved virtualenv the tests ran in, so each image gets 
 versions that passed. Only ``beam-qa``'s common dependencies and the chosen extra are followed
 (never ``dev``). Regenerate both files after changing ``setup.py`` and reinstalling:
 
-    .venv/bin/python -m beam_qa.dev.worker_requirements pipeline > requirements-worker.txt
-    .venv/bin/python -m beam_qa.dev.worker_requirements upload > requirements-upload.txt
+    .venv/bin/python -m devtools.worker_requirements pipeline > requirements-worker.txt
+    .venv/bin/python -m devtools.worker_requirements upload > requirements-upload.txt
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def header(extra: str) -> str:
     dockerfile, target = TARGETS[extra]
     text = (f"# Fully pinned runtime dependencies of beam-qa[{extra}] for {dockerfile} (no dev tools).\n"
             "# Generated from the resolved virtualenv; do not edit by hand. Regenerate with:\n"
-            f"#   .venv/bin/python -m beam_qa.dev.worker_requirements {extra} > {target}\n")
+            f"#   .venv/bin/python -m devtools.worker_requirements {extra} > {target}\n")
     return text + (_TORCH_NOTE if extra == "pipeline" else "")
 
 

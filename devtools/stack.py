@@ -1,6 +1,6 @@
 """The local emulated GCP stack: Pub/Sub emulator, fake-gcs-server, PostgreSQL, the pipeline.
 
-``python -m beam_qa.dev.stack run|up|down|env|check`` (wrapped by ``make run``/``up``/``down``/``check``).
+``python -m devtools.stack run|up|down|env|check`` (wrapped by ``make run``/``up``/``down``/``check``).
 Every default is overridable by the environment variable named in ``StackConfig``.
 
 Only the standard library is imported at module level: ``check`` runs under the system
@@ -27,7 +27,7 @@ from pathlib import Path
 
 _LOGGER = logging.getLogger("beam_qa.stack")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(name: str, default: str) -> str:
@@ -328,7 +328,7 @@ class Stack:
 
         Sets ``self.model_description`` (which model and why) for the start-up line.
         """
-        from beam_qa.dev import demo_model
+        from devtools import demo_model
         from beam_qa.options import DEFAULT_MODEL
         from beam_qa.qa.model_store import ModelNotFoundError, check_model_available
         if self.config.model:
@@ -347,7 +347,7 @@ class Stack:
             self.model_description = (f"{built} (demo model, SQuAD F1 {held_out['f1']} on held-out articles; "
                                       "the Hub is unreachable and QA_MODEL is unset)")
             return str(built)
-        from beam_qa.dev.tiny_model import build_model
+        from devtools.tiny_model import build_model
         path = build_model(self.config.run_dir / "tiny-model", "tiny")
         self.model_description = f"{path} (RANDOM weights: answers are meaningless)"
         _LOGGER.warning("No QA_MODEL given, the Hugging Face Hub is unreachable and the demo model is not "
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         for item in missing:
             print(item.line(), file=sys.stderr)
-        print("Nothing was started. Install what is missing (python -m beam_qa.dev.stack check, or make check, "
+        print("Nothing was started. Install what is missing (python -m devtools.stack check, or make check, "
               "checks again).", file=sys.stderr)
         return 2
     if args.command == "run":
