@@ -22,7 +22,7 @@ help:
 	     /^[a-z][-a-z]*:/{ if (doc) printf "  make %-12s %s\n", substr($$1, 1, length($$1) - 1), doc } \
 	     { doc = "" }' $(MAKEFILE_LIST)
 
-## Check what make run needs (gcloud with the Pub/Sub emulator, Java, PostgreSQL); one line each.
+## Check what make run needs, one line each: gcloud with the Pub/Sub emulator (the one to install by hand), Java, PostgreSQL.
 check:
 	@$(CHECK_PY) -m devtools.stack check
 
@@ -76,11 +76,11 @@ run: check $(STAMP)
 up: check $(STAMP)
 	$(PY) -m devtools.stack up
 
-## Stop everything `make up` started.
+## Stop everything `make up` started, the embedded PostgreSQL included (its data stays in .run/postgres).
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devtools.stack down; else echo "nothing to stop"; fi
 
-## The whole test suite (unit, integration, end-to-end).
+## The whole test suite (unit, integration, end-to-end), on an embedded PostgreSQL unless QA_TEST_PG_DSN is set.
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -98,7 +98,7 @@ equivalence: $(STAMP)
 ## on 1,000 SQuAD rows; prints JSON.
 ## BENCH_ARGS adds flags, e.g. BENCH_ARGS='--variants handler --precisions bf16 --rows 200'.
 bench: $(STAMP)
-	$(PY) -m benchmarks.throughput $(BENCH_ARGS)
+	$(PY) -m devtools.postgres run -- $(PY) -m benchmarks.throughput $(BENCH_ARGS)
 
 ## The handler on a CUDA GPU: fp16 and bf16, a sweep of batch sizes and token budgets, no baseline.
 ## Needs only torch, transformers, tokenizers, numpy and apache-beam (README "Throughput").
@@ -130,7 +130,7 @@ quality: $(STAMP)
 ## Load benchmark: 200 files x 20 rows through its own local stack; prints JSON, exits 1 on loss.
 ## Also on duplicates. BENCH_LOAD_ARGS adds flags, e.g. BENCH_LOAD_ARGS="--model-size base".
 bench-load: $(STAMP)
-	$(PY) -m benchmarks.load $(BENCH_LOAD_ARGS)
+	$(PY) -m devtools.postgres run -- $(PY) -m benchmarks.load $(BENCH_LOAD_ARGS)
 
 ## Stop the stack, then remove .run/ and .venv/.
 clean: down
