@@ -45,7 +45,7 @@ def reference_python() -> Path:
 
 def base_model() -> Path:
     """A DistilBERT-base-sized QA model with random weights, built once under ``.cache/``."""
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     return build_model(CACHE / "models" / "distilbert-base-random", "base")
 
 
@@ -79,7 +79,7 @@ def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
 
 def squad_rows(count: int) -> list[dict]:
     """The first ``count`` SQuAD v1.1 dev rows from ``../shared/data/``."""
-    from beam_qa.dev.squad import squad_rows as load
+    from devtools.squad import squad_rows as load
     rows = load(limit=count)
     if len(rows) < count:
         raise SystemExit(f"only {len(rows)} SQuAD rows available, {count} needed")
@@ -92,7 +92,7 @@ def long_context_rows(count: int) -> list[dict]:
     The question comes from a paragraph in the middle or at the end, so the best span
     usually lies in the second or a later window.
     """
-    from beam_qa.dev.squad import squad_rows as load
+    from devtools.squad import squad_rows as load
     by_context: dict[str, list[str]] = {}
     for row in load():
         by_context.setdefault(row["context"], []).append(row["question"])

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from beam_qa.dev.stack import Stack, StackConfig
+from devtools.stack import Stack, StackConfig
 from tests.conftest import (
     PG_BASE_DSN, POISON, csv_bytes, fresh_database, poisoned_model, query, read_csv_text, squad_csv)
 from tests.e2e.support import (
@@ -453,7 +453,7 @@ def test_a_failing_answers_csv_write_is_retried_and_the_source_stays_until_it_su
 
 
 def test_a_row_the_model_fails_on_becomes_a_row_error_and_the_stream_goes_on(faults):
-    from beam_qa.dev.squad import squad_rows
+    from devtools.squad import squad_rows
     rows = [[r["id"], r["question"], r["context"]] for r in squad_rows(812)[800:812]]
     rows[6][2] = f"{POISON} {rows[6][2]}"
     blob = upload(faults.bucket, "incoming/model/poisoned.csv", csv_bytes(["id", "question", "context"], rows))

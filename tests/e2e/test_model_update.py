@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from beam_qa.dev.stack import Stack, StackConfig
 from beam_qa.qa import model_manifest
+from devtools.stack import Stack, StackConfig
 from tests.conftest import fresh_database, query, squad_csv
 from tests.e2e.support import free_port, stack_environment, upload, wait_for_status
 
@@ -44,7 +44,7 @@ def publish_model(bucket, prefix: str, local: Path, replace: dict[str, bytes] | 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_model):
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     second = build_model(tmp_path_factory.mktemp("model-b") / "tiny", "tiny", seed=1)
     first = tmp_path_factory.mktemp("model-a") / "tiny"
     shutil.copytree(tiny_model, first)

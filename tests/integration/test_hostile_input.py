@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from beam_qa import metrics, runtime
-from beam_qa.dev.stack import _http, _port_open, fake_gcs_binary
+from devtools.stack import _http, _port_open, fake_gcs_binary
 from beam_qa.launch import run
 from beam_qa.qa import model_manifest
 from beam_qa.qa.model_store import ModelRefusedError, load_model

@@ -74,7 +74,7 @@ def test_max_batch_size_defaults_by_device(extra, expected):
 
 
 def test_the_dev_stack_never_prints_or_passes_a_database_password():
-    from beam_qa.dev.stack import Stack, StackConfig, redacted_dsn
+    from devtools.stack import Stack, StackConfig, redacted_dsn
     dsn = "host=127.0.0.1 dbname=beam_qa user=qa password=s3cret-pw"
     assert "s3cret-pw" not in redacted_dsn(dsn) and "password=***" in redacted_dsn(dsn)
     assert redacted_dsn("postgresql://qa:s3cret-pw@db/beam_qa").count("s3cret-pw") == 0

@@ -17,7 +17,7 @@ import httpx
 
 import pytest
 
-from beam_qa.dev.stack import _http, _port_open, fake_gcs_binary
+from devtools.stack import _http, _port_open, fake_gcs_binary
 from tests.conftest import fresh_database
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from beam_qa.dev.squad import squad_rows
+from devtools.squad import squad_rows
 from tests.conftest import csv_bytes
 from tests.upload.conftest import API_KEYS, KEYS, chromium_path, log_tail, served
 

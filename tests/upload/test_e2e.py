@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from beam_qa.dev.squad import squad_rows
+from devtools.squad import squad_rows
 from tests.conftest import csv_bytes, query, read_csv_text
 from tests.upload.conftest import log_tail
 
