@@ -197,15 +197,14 @@ class TemporaryPostgres(EmbeddedPostgres):
 def run_beside(command: list[str]) -> int:
     """Runs ``command`` with a temporary server, its DSN in QA_TEST_PG_DSN and QA_BENCH_PG_DSN unless set."""
     env = dict(os.environ)
-    server = None
-    if not (env.get("QA_TEST_PG_DSN") and env.get("QA_BENCH_PG_DSN")):
-        server = TemporaryPostgres()
-        port = server.start()
-        base = f"host=127.0.0.1 port={port} user={SUPERUSER}"
-        env.setdefault("QA_TEST_PG_DSN", base)
-        env.setdefault("QA_BENCH_PG_DSN", base)
-        print(f"embedded PostgreSQL {server_version()} on 127.0.0.1:{port} for: {' '.join(command)}", flush=True)
+    server = None if env.get("QA_TEST_PG_DSN") and env.get("QA_BENCH_PG_DSN") else TemporaryPostgres()
     try:
+        if server is not None:
+            port = server.start()
+            base = f"host=127.0.0.1 port={port} user={SUPERUSER}"
+            env.setdefault("QA_TEST_PG_DSN", base)
+            env.setdefault("QA_BENCH_PG_DSN", base)
+            print(f"embedded PostgreSQL {server_version()} on 127.0.0.1:{port} for: {' '.join(command)}", flush=True)
         return subprocess.run(command, env=env, check=False).returncode
     finally:
         if server is not None:
