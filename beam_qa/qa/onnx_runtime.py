@@ -165,6 +165,10 @@ class OnnxQaRunner:
         # same cores in the same way (the worker's thread budget is set by the handler).
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # No spin-waiting between a call's parallel sections: a spinning thread holds a core that
+        # the rest of the pipeline (tokenizing, decoding, Beam, another bundle's call) could use, and
+        # on a shared or busy machine it waits for descheduled peers (benchmarks/overhead.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
