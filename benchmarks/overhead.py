@@ -30,6 +30,9 @@ and the target of the cost-per-row issue with met / not met) and a summary on st
 benchmark, not a test: nothing here asserts a timing. Figures on a machine shared with other work
 are noisy: compare variants of one run, and read the load average it recorded.
 
+``--device cuda --precision bf16`` runs the same on a GPU (``--no-baseline`` where the baseline's
+virtualenv cannot be built); ``--model base --runners default`` measures the production shape.
+
 Usage: ``make bench-overhead`` (``python -m benchmarks.overhead --help``).
 """
 
@@ -73,7 +76,7 @@ def run_pipeline(model: str, rows: list[dict], files: int, per_file: int, extra:
         incoming = write_shape(Path(tmp), rows[:files * per_file], files, per_file)
         dsn = fresh_database(database)
         argv = [sys.executable, "-m", "beam_qa", f"--input_pattern={incoming}/*.csv", f"--model={model}",
-                "--device=cpu", f"--pg_dsn={dsn}", "--keep_source", f"--answers_prefix={tmp}/answers/",
+                f"--pg_dsn={dsn}", "--keep_source", f"--answers_prefix={tmp}/answers/",
                 f"--error_prefix={tmp}/errors/", "--status_interval_secs=0", *extra]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
@@ -182,7 +185,7 @@ def worker_stages(spec: dict) -> dict:
     with clock("reading"):
         chunks = list(read.process(Claim(event, 1)))
 
-    handler = QuestionAnsweringModelHandler(spec["model"], device="cpu")
+    handler = QuestionAnsweringModelHandler(spec["model"], device=spec["device"], precision=spec["precision"])
     model = handler.load_model()
     settings = handler.settings
     examples = [(row.question, row.context) for chunk in chunks for row in chunk.rows]
@@ -202,9 +205,10 @@ def worker_stages(spec: dict) -> dict:
         end_logits = np.zeros(windows.ids.shape, dtype=np.float32)
         with clock("model"), torch.inference_mode():
             for rows_ in plan:
-                output = model.model(**{k: torch.from_numpy(v) for k, v in windows.inputs(rows_, names).items()})
-                start_logits[rows_, :output.start_logits.shape[1]] = output.start_logits.numpy()
-                end_logits[rows_, :output.end_logits.shape[1]] = output.end_logits.numpy()
+                output = model.model(**{k: torch.from_numpy(v).to(model.device)
+                                        for k, v in windows.inputs(rows_, names).items()})
+                start_logits[rows_, :output.start_logits.shape[1]] = output.start_logits.float().cpu().numpy()
+                end_logits[rows_, :output.end_logits.shape[1]] = output.end_logits.float().cpu().numpy()
         with clock("decoding"):
             found = decode.batch_candidates(start_logits, end_logits, windows.allowed, windows.lengths,
                                             max_answer_len=settings.max_answer_len)
@@ -244,7 +248,7 @@ def worker_handler(spec: dict) -> dict:
     """The handler alone, batches of its default size, model load and first batch not timed."""
     from beam_qa.qa.handler import QuestionAnsweringModelHandler
     rows = common.cycled_squad_rows(spec["rows"])
-    handler = QuestionAnsweringModelHandler(spec["model"], device="cpu")
+    handler = QuestionAnsweringModelHandler(spec["model"], device=spec["device"], precision=spec["precision"])
     model = handler.load_model()
     examples = [(r["question"], r["context"]) for r in rows]
     size = handler.settings.max_batch_size
@@ -317,7 +321,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--stage-rows", type=int, default=4000, help="rows for the per-stage breakdown (0: none)")
     parser.add_argument("--real-rows", type=int, default=300,
                         help="rows for the DistilBERT-base-sized figures and the row-by-row baselines (0: none)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16, int8 or auto (beam_qa --precision)")
     parser.add_argument("--pipeline-args", default="", help="words appended to every pipeline run (with '=')")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the row-by-row baselines (machines without their virtualenv, e.g. a GPU machine)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -334,14 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: unknown --runners {unknown}; choose from {sorted(RUNNERS)}")
     model, description = resolve_model(args.model)
     rows = common.cycled_squad_rows(max(args.rows, max(f * p for f, p in shapes), args.startup_rows))
-    extra = shlex.split(args.pipeline_args)
+    extra = [f"--device={args.device}", f"--precision={args.precision}", *shlex.split(args.pipeline_args)]
+    device = {"device": args.device, "precision": args.precision}
     report: dict = {"benchmark": "overhead", "model": description, "machine": machine(), "rows": args.rows,
                     "startup_rows": args.startup_rows, "pipeline_args": extra}
     report["pipeline"] = pipeline_figures(model, rows, shapes, runners, extra, args.startup_rows, "cheap")
     first = report["pipeline"][runners[0]][f"{shapes[0][0]}x{shapes[0][1]}"]
     if args.stage_rows:
         _LOGGER.warning("stages alone, %d rows", args.stage_rows)
-        stages = _run_worker("stages", {"model": model, "rows": args.stage_rows})
+        stages = _run_worker("stages", {"model": model, "rows": args.stage_rows, **device})
         report["stages"] = {**stages, "breakdown_us_per_row": breakdown(stages, first["steady_cpu_us_per_row"]),
                             "pipeline_for_beam_share": f"{runners[0]}, {shapes[0][0]}x{shapes[0][1]}"}
     if args.real_rows:
@@ -350,11 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         _LOGGER.warning("real model: handler, pipeline and baselines on %d rows", len(real_rows))
         report["real_model"] = {
             "model": real_description,
-            "handler": _run_worker("handler", {"model": real, "rows": len(real_rows)}),
+            "handler": _run_worker("handler", {"model": real, "rows": len(real_rows), **device}),
             "pipeline": pipeline_figures(real, real_rows, [(1, len(real_rows))], runners[:1], extra,
                                          min(args.startup_rows, len(real_rows) // 3), "real")}
         report["baseline"] = {}
-        for name, directory in (("cheap_model", model), ("real_model", real)):
+        for name, directory in () if args.no_baseline else (("cheap_model", model), ("real_model", real)):
             _, summary = common.run_reference(Path(directory), real_rows, warmup=3)
             report["baseline"][name] = {
                 "what": f"transformers {summary['transformers']} question-answering pipeline, row by row, fp32",
