@@ -14,7 +14,7 @@ DEPS   := $(VENV)/.locked
 CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .DEFAULT_GOAL := help
-.PHONY: help check install lock upgrade-locks run up down test test-fast clean bench-load equivalence bench demo-model quality bench-gpu gpu-bundle
+.PHONY: help check install lock upgrade-locks run up down test test-fast clean bench-load equivalence bench bench-overhead demo-model quality bench-gpu gpu-bundle
 
 ## List the targets, one line each.
 help:
@@ -99,6 +99,11 @@ equivalence: $(STAMP)
 ## BENCH_ARGS adds flags, e.g. BENCH_ARGS='--variants handler --precisions bf16 --rows 200'.
 bench: $(STAMP)
 	$(PY) -m devtools.postgres run -- $(PY) -m benchmarks.throughput $(BENCH_ARGS)
+
+## Cost per row: the bounded pipeline's steady state with the tiny model, stages alone, real model beside; JSON.
+## 1 file of 20,000 rows and 200 of 100, start-up subtracted; BENCH_ARGS adds flags (docs/benchmarks.md).
+bench-overhead: $(STAMP)
+	$(PY) -m devtools.postgres run -- $(PY) -m benchmarks.overhead $(BENCH_ARGS)
 
 ## The handler on a CUDA GPU: fp16 and bf16, a sweep of batch sizes and token budgets, no baseline.
 ## Needs only torch, transformers, tokenizers, numpy and apache-beam (README "Throughput").

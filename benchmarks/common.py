@@ -10,6 +10,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,12 @@ def base_model() -> Path:
     return build_model(CACHE / "models" / "distilbert-base-random", "base")
 
 
+def tiny_model() -> Path:
+    """The tiny random-weight QA model (a model that costs little), built once under ``.cache/``."""
+    from devtools.tiny_model import build_model
+    return build_model(CACHE / "models" / "tiny-random", "tiny")
+
+
 def run_reference(model_dir: Path, rows: list[dict], warmup: int = 3) -> tuple[list[dict], dict]:
     """Runs the 4.57 pipeline row by row in its own process.
 
@@ -64,6 +71,29 @@ def run_reference(model_dir: Path, rows: list[dict], warmup: int = 3) -> tuple[l
                         "--warmup", str(warmup)], check=True)
         lines = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines()]
     return lines[:-1], lines[-1]
+
+
+def run_worker(module: str, kind: str, spec: dict) -> tuple[dict, float]:
+    """Runs ``python -m MODULE --worker KIND SPEC`` in a fresh process; its JSON and wall seconds.
+
+    The worker prints one JSON object as its last line of stdout; its log goes to stderr.
+    """
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-m", module, "--worker", kind, json.dumps(spec)],
+                               stdout=subprocess.PIPE, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"the {kind} worker of {module} exited with {completed.returncode}; its log is above")
+    return json.loads(completed.stdout.strip().splitlines()[-1]), elapsed
+
+
+def serve_worker(worker: list[str] | None, workers: dict) -> bool:
+    """In a worker process (``--worker KIND SPEC``), runs ``workers[KIND]`` and prints its JSON."""
+    if not worker:
+        return False
+    kind, spec = worker
+    print(json.dumps(workers[kind](json.loads(spec))))
+    return True
 
 
 def peak_rss_mb() -> float:
@@ -84,6 +114,14 @@ def squad_rows(count: int) -> list[dict]:
     if len(rows) < count:
         raise SystemExit(f"only {len(rows)} SQuAD rows available, {count} needed")
     return [{"kind": "squad", "question": r["question"], "context": r["context"]} for r in rows]
+
+
+def cycled_squad_rows(count: int) -> list[dict]:
+    """``count`` SQuAD v1.1 dev rows, starting over from the first when the sample runs out."""
+    from devtools.squad import squad_rows as load
+    rows = load()
+    return [{"kind": "squad", "question": rows[i % len(rows)]["question"], "context": rows[i % len(rows)]["context"]}
+            for i in range(count)]
 
 
 def long_context_rows(count: int) -> list[dict]:

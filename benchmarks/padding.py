@@ -43,8 +43,11 @@ def batches(rows: list[dict], shape: str, batch_size: int, seed: int) -> list[li
 
 def window_lengths(handler, tokenizer, batch: list[dict]) -> list[int]:
     """The sorted window lengths the handler forms for one batch (its own tokenizer call)."""
-    windows, _ = handler._tokenize([(r["question"], r["context"]) for r in batch], tokenizer)  # pylint: disable=protected-access
-    return sorted(window.length for window in windows)
+    from beam_qa.qa.windows import tokenize
+    settings = handler.settings
+    windows = tokenize([(r["question"], r["context"]) for r in batch], tokenizer, max_seq_len=settings.max_seq_len,
+                       doc_stride=settings.doc_stride)
+    return sorted(windows.lengths.tolist())
 
 
 def count(lengths_per_batch: list[list[int]], budget: int, split) -> dict:
@@ -62,7 +65,8 @@ def count(lengths_per_batch: list[list[int]], budget: int, split) -> dict:
 
 def time_splits(model: str, rows: list[dict], args) -> list[dict]:
     """rows/s of the handler with each split, per precision, budget and shape (median of the rounds)."""
-    from beam_qa.qa.handler import QuestionAnsweringModelHandler, greedy_runs
+    from beam_qa.qa.handler import QuestionAnsweringModelHandler
+    from beam_qa.qa.windows import greedy_runs
 
     class GreedyHandler(QuestionAnsweringModelHandler):
         split_runs = staticmethod(greedy_runs)  # the handler's split before least_padding_runs
@@ -115,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
-    from beam_qa.qa.handler import QuestionAnsweringModelHandler, greedy_runs, least_padding_runs
+    from beam_qa.qa.handler import QuestionAnsweringModelHandler
+    from beam_qa.qa.windows import greedy_runs, least_padding_runs
     args = parse_args(argv)
     model = str(common.base_model()) if args.model == "base" else args.model
     handler, tokenizer = QuestionAnsweringModelHandler(model), AutoTokenizer.from_pretrained(model)

@@ -35,8 +35,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -129,14 +127,7 @@ WORKERS = {"handler": worker_handler, "pipeline": worker_pipeline, "prepare": wo
 
 def _run_worker(kind: str, spec: dict) -> tuple[dict, float]:
     """Runs a worker in a fresh process; returns its JSON and the process's wall-clock seconds."""
-    started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--worker", kind, json.dumps(spec)],
-                               stdout=subprocess.PIPE, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if completed.returncode != 0:
-        raise RuntimeError(f"the {kind} worker ({spec.get('precision')}) exited with {completed.returncode}; "
-                           "its log is above")
-    return json.loads(completed.stdout.strip().splitlines()[-1]), elapsed
+    return common.run_worker("benchmarks.throughput", kind, spec)
 
 
 # --- the pipeline variant: files, a fresh database, answers read back ------------------------
@@ -341,9 +332,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if args.worker:
-        kind, spec = args.worker
-        print(json.dumps(WORKERS[kind](json.loads(spec))))
+    if common.serve_worker(args.worker, WORKERS):
         return 0
 
     from beam_qa.options import CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE

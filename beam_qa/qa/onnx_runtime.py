@@ -1,7 +1,9 @@
 """CPU inference through ONNX Runtime: export once, fuse, optionally quantize per channel, run.
 
 fp32 on a CPU runs here by default (``--runtime auto``): the exported graph after ONNX
-Runtime's BERT fusions (attention, GELU, layer norms) runs the same arithmetic in fp32 as torch
+Runtime's BERT fusions (embedding and skip layer norms, bias + GELU; the exporter's
+scaled-dot-product attention is not a pattern the optimizer fuses, so attention stays as
+MatMul/Softmax nodes) runs the same arithmetic in fp32 as torch
 eager mode, and on the development machine it answered 1.8× as many rows per second with
 answers identical to torch's (README "Throughput"; ``make equivalence`` checks it against the
 transformers 4.57 pipeline).
@@ -165,6 +167,10 @@ class OnnxQaRunner:
         # same cores in the same way (the worker's thread budget is set by the handler).
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # No spin-waiting between a call's parallel sections: a spinning thread holds a core that
+        # the rest of the pipeline (tokenizing, decoding, Beam, another bundle's call) could use, and
+        # on a shared or busy machine it waits for descheduled peers (benchmarks/overhead.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}

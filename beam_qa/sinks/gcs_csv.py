@@ -6,7 +6,7 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
-from beam_qa.csv_rows import question_and_context_at, row_values
+from beam_qa.csv_rows import question_and_context_at
 from beam_qa.events import ANSWERS_SUFFIX
 
 ANSWER_COLUMNS = ("answer", "score", "answer_start", "answer_end", "error", "model")
@@ -31,18 +31,26 @@ def render_answers_csv(header: Sequence[str], rows: Iterable[Sequence]) -> str:
             answer, score, start, end, error, model)``.
     """
     q_at, c_at = question_and_context_at(header)
+    width = len(header)
+    others_width = width - 2
+    # The question and context go back where they were (``row_values``), lower position first.
+    (first_at, first_is_question), (second_at, _) = sorted(((q_at, True), (c_at, False)))
+    formula = _FORMULA_PREFIXES
+
+    def cells(row: Sequence) -> list[str]:
+        _, question, context, others, answer, score, start, end, error, model = row
+        values = list(others or ())[:others_width]
+        if len(values) < others_width:
+            values += [""] * (others_width - len(values))
+        values.insert(first_at, question if first_is_question else context)
+        values.insert(second_at, context if first_is_question else question)
+        values += ["" if answer is None else answer, "" if score is None else f"{score:.6g}",
+                   "" if start is None else str(start), "" if end is None else str(end), error or "", model or ""]
+        return ["'" + v if v.startswith(formula) else v for v in values]
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([neutralise_formula(h) for h in header] + list(ANSWER_COLUMNS))
-    for _, question, context, others, answer, score, start, end, error, model in rows:
-        values = row_values(len(header), q_at, c_at, question, context, others or ())
-        extra = [
-            answer if answer is not None else "",
-            f"{score:.6g}" if score is not None else "",
-            "" if start is None else start,
-            "" if end is None else end,
-            error or "",
-            model or "",
-        ]
-        writer.writerow([neutralise_formula(str(v)) for v in (*values, *extra)])
+    # One writerows call over a generator: the csv module's C writer does the quoting per cell.
+    writer.writerows(map(cells, rows))
     return buffer.getvalue()

@@ -8,6 +8,7 @@ one commit sees the current attempt complete whatever the parallelism.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from beam_qa.records import CompletedFile, FileEvent, RowOutcome
 
@@ -16,10 +17,21 @@ SELECT status, attempt, chunk_count, row_count FROM qa_files
 WHERE source_uri = %s AND source_generation = %s FOR UPDATE
 """
 
-UPSERT_ANSWER = """
+# Every row of one commit in one statement: the columns travel as arrays (one per column) and
+# unnest back into rows, so the server plans and runs one INSERT per chunk instead of one per row
+# (``benchmarks/overhead.py`` measures both). ``other_cells`` is a text[] per row, which an array
+# of arrays cannot carry when rows differ in width: it travels as one JSON array of arrays.
+UPSERT_ANSWERS = """
 INSERT INTO qa_answers (source_uri, source_generation, row_index, id, question, context, other_cells,
                         answer, score, answer_start, answer_end, error, error_kind, model, processed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+SELECT %(uri)s, %(generation)s, r.row_index, r.id, r.question, r.context,
+       ARRAY(SELECT jsonb_array_elements_text(%(others)s::jsonb -> (r.n::int - 1))),
+       r.answer, r.score, r.answer_start, r.answer_end, r.error, r.error_kind, r.model, now()
+FROM unnest(%(row_index)s::int[], %(id)s::text[], %(question)s::text[], %(context)s::text[], %(answer)s::text[],
+            %(score)s::float8[], %(answer_start)s::int[], %(answer_end)s::int[], %(error)s::text[],
+            %(error_kind)s::text[], %(model)s::text[])
+     WITH ORDINALITY AS r(row_index, id, question, context, answer, score, answer_start, answer_end, error,
+                          error_kind, model, n)
 ON CONFLICT (source_uri, source_generation, row_index) DO UPDATE SET
     id = EXCLUDED.id, question = EXCLUDED.question, context = EXCLUDED.context,
     other_cells = EXCLUDED.other_cells, answer = EXCLUDED.answer, score = EXCLUDED.score, answer_start = EXCLUDED.answer_start,
@@ -50,6 +62,25 @@ ROWS_OF = """
 SELECT row_index, question, context, other_cells, answer, score, answer_start, answer_end, error, model
 FROM qa_answers WHERE source_uri = %s AND source_generation = %s ORDER BY row_index
 """
+
+
+def _answer_columns(event: FileEvent, rows: list[RowOutcome]) -> dict:
+    """``UPSERT_ANSWERS``' parameters: one array per column, one entry per distinct row.
+
+    One statement may not update a row twice, so a row that came twice (a redelivered element in
+    the same bundle) keeps its last outcome, as one statement per row would have left it.
+    """
+    latest = list({r.row.row_index: r for r in rows}.values())
+    return {
+        "uri": event.uri, "generation": event.generation,
+        "row_index": [r.row.row_index for r in latest], "id": [r.row.row_id for r in latest],
+        "question": [r.row.question for r in latest], "context": [r.row.context for r in latest],
+        "others": json.dumps([list(r.row.others) for r in latest]),
+        "answer": [r.answer for r in latest], "score": [r.score for r in latest],
+        "answer_start": [r.start for r in latest], "answer_end": [r.end for r in latest],
+        "error": [r.error or None for r in latest], "error_kind": [r.error_kind or None for r in latest],
+        "model": [r.model or None for r in latest],
+    }
 
 
 def _bitmap(bits: int, rows: int) -> bytes:
@@ -97,12 +128,7 @@ class AnswerQueries:
         current = [r for r in rows if r.attempt == attempt] if status == "received" and chunk_count else []
         if not current:
             return 0, len(rows), None
-        with conn.cursor() as cur:
-            cur.executemany(UPSERT_ANSWER, [
-                (event.uri, event.generation, r.row.row_index, r.row.row_id, r.row.question, r.row.context,
-                 list(r.row.others), r.answer, r.score, r.start, r.end, r.error or None, r.error_kind or None,
-                 r.model or None)
-                for r in current])
+        conn.execute(UPSERT_ANSWERS, _answer_columns(event, current))
         mine: dict[int, tuple[int, int, int]] = {}  # chunk -> (bits, rows in the chunk, first row)
         for r in current:
             bits, size, first = mine.get(r.chunk, (0, r.chunk_rows, r.chunk_first_row))

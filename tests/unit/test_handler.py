@@ -107,21 +107,17 @@ def test_equal_answers_in_several_windows_keep_the_first_windows_offsets(handler
     assert got.score == pytest.approx(want.score, abs=1e-5)
 
 
-class _Enc:
-    def __init__(self, n):
-        self.ids = [0] * n
-
-
 def test_micro_batches_stay_within_the_token_budget_and_keep_every_window():
-    from beam_qa.qa.handler import _Window
-    lengths = sorted([12, 40, 40, 41, 100, 200, 384, 384, 384])
-    windows = [_Window(example=i, order=i, encoding=_Enc(n), p_mask=None) for i, n in enumerate(lengths)]
-    chunks = list(QuestionAnsweringModelHandler._micro_batches(windows, 800))
-    assert [w for chunk in chunks for w in chunk] == windows
+    from beam_qa.qa.windows import micro_batches
+    lengths = np.array([384, 12, 40, 384, 41, 100, 200, 40, 384])
+    chunks = micro_batches(lengths, 800)
+    assert sorted(int(w) for chunk in chunks for w in chunk) == list(range(len(lengths)))
+    assert [int(lengths[w]) for chunk in chunks for w in chunk] == sorted(lengths.tolist())
     for chunk in chunks:
-        assert len(chunk) * max(w.length for w in chunk) <= 800 or len(chunk) == 1
+        assert len(chunk) * lengths[chunk].max() <= 800 or len(chunk) == 1
     # A window longer than the whole budget still runs, alone.
-    assert [len(c) for c in QuestionAnsweringModelHandler._micro_batches(windows[-2:], 100)] == [1, 1]
+    assert [len(c) for c in micro_batches(np.array([384, 384]), 100)] == [1, 1]
+    assert micro_batches(np.array([], dtype=int), 800) == []
 
 
 def _padded(lengths, runs):
@@ -133,7 +129,7 @@ def _padded(lengths, runs):
 
 
 def test_the_split_pads_least_with_no_more_passes_than_the_greedy_fill():
-    from beam_qa.qa.handler import greedy_runs, least_padding_runs
+    from beam_qa.qa.windows import greedy_runs, least_padding_runs
     # The greedy fill packs three short windows with a long one and pads them all to 200.
     lengths = [10, 10, 10, 200, 200, 200]
     assert greedy_runs(lengths, 800) == [4, 2]
@@ -148,7 +144,7 @@ def test_the_split_is_the_least_padding_one_among_all_splits_within_budget_and_p
     import itertools
     import random
 
-    from beam_qa.qa.handler import greedy_runs, least_padding_runs
+    from beam_qa.qa.windows import greedy_runs, least_padding_runs
     rng = random.Random(7)
     for _ in range(300):
         budget = rng.choice([300, 800, 1024])

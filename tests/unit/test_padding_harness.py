@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks import padding
-from beam_qa.qa.handler import greedy_runs, least_padding_runs
+from beam_qa.qa.windows import greedy_runs, least_padding_runs
 
 
 def test_shape_b_batches_hold_every_row_once_in_whole_ten_row_files():
