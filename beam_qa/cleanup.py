@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import apache_beam as beam
 
 from beam_qa import metrics
-from beam_qa.runtime import WorkerDoFn
 from beam_qa.errors import FileErrorKind
 from beam_qa.events import quarantine_location
 from beam_qa.records import AnsweredFile, FileFailure
+from beam_qa.runtime import WorkerDoFn
 from beam_qa.settings import OutputSettings, PostgresSettings, StorageSettings
+from beam_qa.stage import OneStepStage
 from beam_qa.storage import SourceGone
 
 _LOGGER = logging.getLogger(__name__)
@@ -36,15 +36,13 @@ class _DeleteFn(WorkerDoFn):
         yield event.key
 
 
-class DeleteSourceObject(beam.PTransform):
+class DeleteSourceObject(OneStepStage):
     """Deletes the source version (ifGenerationMatch) once it is answered and marked done."""
 
-    def __init__(self, files: StorageSettings):
-        super().__init__()
-        self._fn = _DeleteFn(files)
+    STEP = "DeleteIfGenerationMatches"
 
-    def expand(self, answered):
-        return answered | "DeleteIfGenerationMatches" >> beam.ParDo(self._fn)
+    def __init__(self, files: StorageSettings):
+        super().__init__(_DeleteFn(files))
 
 
 # How a failed copy ends an attempt ("the last one ended with …", beam_qa/store/attempts.py).
@@ -81,19 +79,17 @@ class _CopyAsideFn(WorkerDoFn):
         yield failure._replace(error_uri=target)
 
 
-class QuarantineFile(beam.PTransform):
+class QuarantineFile(OneStepStage):
     """Copies a failed file version under the error prefix; returns the failures with their new location.
 
     A copy that fails gives the attempt's lease back (the sweeper retries it) instead of failing
     the file without its copy.
     """
 
-    def __init__(self, outputs: OutputSettings, files: StorageSettings, pg: PostgresSettings):
-        super().__init__()
-        self._fn = _CopyAsideFn(outputs, files, pg)
+    STEP = "CopyToErrorPrefix"
 
-    def expand(self, failures):
-        return failures | "CopyToErrorPrefix" >> beam.ParDo(self._fn)
+    def __init__(self, outputs: OutputSettings, files: StorageSettings, pg: PostgresSettings):
+        super().__init__(_CopyAsideFn(outputs, files, pg))
 
 
 class _DeleteFailedSourceFn(WorkerDoFn):
@@ -111,12 +107,10 @@ class _DeleteFailedSourceFn(WorkerDoFn):
         yield failure.event.key
 
 
-class DeleteFailedSource(beam.PTransform):
+class DeleteFailedSource(OneStepStage):
     """Removes a failed file's source once its copy and its failed record exist."""
 
-    def __init__(self, files: StorageSettings):
-        super().__init__()
-        self._fn = _DeleteFailedSourceFn(files)
+    STEP = "DeleteQuarantinedSource"
 
-    def expand(self, failures):
-        return failures | "DeleteQuarantinedSource" >> beam.ParDo(self._fn)
+    def __init__(self, files: StorageSettings):
+        super().__init__(_DeleteFailedSourceFn(files))

@@ -9,11 +9,12 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_qa import metrics
-from beam_qa.runtime import WorkerDoFn, leases
 from beam_qa.csv_rows import FileError, ParsedFile, other_cells, parse_csv
 from beam_qa.errors import FileErrorKind
 from beam_qa.records import Chunk, ChunkRow, Claim, FileEvent, FileFailure
+from beam_qa.runtime import WorkerDoFn, leases
 from beam_qa.settings import InputSettings, PostgresSettings, StorageSettings
+from beam_qa.stage import OneStepStage
 from beam_qa.storage import ContentEncodingError, ContentTooLarge, SourceGone
 from beam_qa.store.attempts import gave_up_reason
 
@@ -58,19 +59,17 @@ class _ClaimFn(WorkerDoFn):
         yield Claim(event=event, attempt=attempt)
 
 
-class ClaimFiles(beam.PTransform):
+class ClaimFiles(OneStepStage):
     """FileEvents -> Claims: at most one attempt per file version in flight (a lease in qa_files).
 
     Repeated notifications, swept files and retried bundles all come through here; a new
     attempt starts only when the version has no final record and no live lease.
     """
 
-    def __init__(self, pg: PostgresSettings):
-        super().__init__()
-        self._fn = _ClaimFn(pg)
+    STEP = "ClaimAttempt"
 
-    def expand(self, events):
-        return events | "ClaimAttempt" >> beam.ParDo(self._fn)
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(_ClaimFn(pg))
 
 
 def cut_chunks(claim: Claim, rows: Iterable[ChunkRow], chunk_size: int) -> Iterator[Chunk]:

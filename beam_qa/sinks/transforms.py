@@ -14,15 +14,15 @@ from __future__ import annotations
 import logging
 import time
 
-import apache_beam as beam
 from apache_beam.transforms import window
 
 from beam_qa import metrics
-from beam_qa.runtime import WorkerDoFn
 from beam_qa.events import answers_location
 from beam_qa.records import AnsweredFile, CompletedFile, FileFailure, RowOutcome
+from beam_qa.runtime import WorkerDoFn
 from beam_qa.settings import OutputSettings, PostgresSettings, StorageSettings
 from beam_qa.sinks.gcs_csv import render_answers_csv
+from beam_qa.stage import OneStepStage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class _CommitRowsFn(WorkerDoFn):
             yield completed
 
 
-class WriteAnswersPostgres(beam.PTransform):
+class WriteAnswersPostgres(OneStepStage):
     """Upserts answered rows into qa_answers chunk by chunk; yields each file once all its rows are in.
 
     Rows of an attempt that is no longer the file's current one are dropped, so two
@@ -79,12 +79,10 @@ class WriteAnswersPostgres(beam.PTransform):
     is idempotent).
     """
 
-    def __init__(self, pg: PostgresSettings):
-        super().__init__()
-        self._fn = _CommitRowsFn(pg)
+    STEP = "CommitRows"
 
-    def expand(self, outcomes):
-        return outcomes | "CommitRows" >> beam.ParDo(self._fn)
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(_CommitRowsFn(pg))
 
 
 class _WriteCsvFn(WorkerDoFn):
@@ -135,19 +133,17 @@ class _WriteCsvFn(WorkerDoFn):
         return False
 
 
-class WriteAnswersCsv(beam.PTransform):
+class WriteAnswersCsv(OneStepStage):
     """Writes one answers CSV per file version: every input column plus the answer columns.
 
     It is rendered from PostgreSQL (the header in qa_files, each row's cells in qa_answers),
     not from the source object, which a re-upload of the same name may already have replaced.
     """
 
-    def __init__(self, outputs: OutputSettings, pg: PostgresSettings, files: StorageSettings):
-        super().__init__()
-        self._fn = _WriteCsvFn(outputs, pg, files)
+    STEP = "WriteCsv"
 
-    def expand(self, completed):
-        return completed | "WriteCsv" >> beam.ParDo(self._fn)
+    def __init__(self, outputs: OutputSettings, pg: PostgresSettings, files: StorageSettings):
+        super().__init__(_WriteCsvFn(outputs, pg, files))
 
 
 class _MarkDoneFn(WorkerDoFn):
@@ -167,15 +163,13 @@ class _MarkDoneFn(WorkerDoFn):
         return [answered]
 
 
-class MarkFilesDone(beam.PTransform):
+class MarkFilesDone(OneStepStage):
     """Marks each answered file version ``done`` (once); passes it on after the commit."""
 
-    def __init__(self, pg: PostgresSettings):
-        super().__init__()
-        self._fn = _MarkDoneFn(pg)
+    STEP = "MarkDone"
 
-    def expand(self, answered):
-        return answered | "MarkDone" >> beam.ParDo(self._fn)
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(_MarkDoneFn(pg))
 
 
 class _MarkFailedFn(WorkerDoFn):
@@ -190,12 +184,10 @@ class _MarkFailedFn(WorkerDoFn):
         yield failure
 
 
-class RecordFileFailures(beam.PTransform):
+class RecordFileFailures(OneStepStage):
     """Marks file versions ``failed`` with their reason; passes them on after commit."""
 
-    def __init__(self, pg: PostgresSettings):
-        super().__init__()
-        self._fn = _MarkFailedFn(pg)
+    STEP = "MarkFailed"
 
-    def expand(self, failures):
-        return failures | "MarkFailed" >> beam.ParDo(self._fn)
+    def __init__(self, pg: PostgresSettings):
+        super().__init__(_MarkFailedFn(pg))
