@@ -14,7 +14,7 @@ DEPS   := $(VENV)/.locked
 CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .DEFAULT_GOAL := help
-.PHONY: help check install lock upgrade-locks run up down test test-fast clean bench-load equivalence bench bench-overhead demo-model quality bench-gpu gpu-bundle
+.PHONY: help check install lock upgrade-locks run up down test test-fast docs clean bench-load equivalence bench bench-overhead demo-model quality bench-gpu gpu-bundle
 
 ## List the targets, one line each.
 help:
@@ -136,6 +136,10 @@ quality: $(STAMP)
 ## Also on duplicates. BENCH_LOAD_ARGS adds flags, e.g. BENCH_LOAD_ARGS="--model-size base".
 bench-load: $(STAMP)
 	$(PY) -m devtools.postgres run -- $(PY) -m benchmarks.load $(BENCH_LOAD_ARGS)
+
+## Regenerate docs/configuration.md from the flags and settings (a test fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m devtools.configuration_doc --write
 
 ## Stop the stack, then remove .run/ and .venv/.
 clean: down

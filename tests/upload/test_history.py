@@ -150,13 +150,13 @@ def test_the_page_knows_the_upload_limit(make_client):
     assert 'multiple' in page.text and 'id="drop-zone"' in page.text
 
 
-def test_the_readme_shows_the_uploads_table_as_the_migration_creates_it():
+def test_the_schema_page_shows_the_uploads_table_as_the_migration_creates_it():
     from pathlib import Path
     from beam_qa.store.schema import migrations
     (uploads,) = [m for m in migrations() if m.name == "uploads"]
     ddl = uploads.sql[uploads.sql.index("CREATE TABLE"):]
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    assert ddl.strip() in readme
+    page = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text(encoding="utf-8")
+    assert ddl.strip() in page
 
 
 def test_an_upload_is_dated_before_its_object_exists_so_never_after_the_pipeline_received_it(history_client):
