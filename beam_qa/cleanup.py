@@ -11,7 +11,7 @@ from beam_qa.runtime import WorkerDoFn
 from beam_qa.errors import FileErrorKind
 from beam_qa.events import quarantine_location
 from beam_qa.records import AnsweredFile, FileFailure
-from beam_qa.settings import OutputSettings, StorageSettings
+from beam_qa.settings import OutputSettings, PostgresSettings, StorageSettings
 from beam_qa.storage import SourceGone
 
 _LOGGER = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class _DeleteFn(WorkerDoFn):
             deleted = self.files.delete_generation(event.uri, event.generation)
         except Exception:  # pylint: disable=broad-except
             metrics.DELETE_FAILURES.inc()
-            _LOGGER.exception("could not delete %s; it is answered and stays in place", event.key)
+            _LOGGER.exception("could not delete %s; it is answered, and the next sweep deletes it", event.key)
             return
         if deleted:
             metrics.SOURCES_DELETED.inc()
@@ -47,9 +47,13 @@ class DeleteSourceObject(beam.PTransform):
         return answered | "DeleteIfGenerationMatches" >> beam.ParDo(self._fn)
 
 
+# How a failed copy ends an attempt ("the last one ended with …", beam_qa/store/attempts.py).
+COPY_FAILED = "a failed copy under the error prefix"
+
+
 class _CopyAsideFn(WorkerDoFn):
-    def __init__(self, outputs: OutputSettings, files: StorageSettings):
-        super().__init__(files=files)
+    def __init__(self, outputs: OutputSettings, files: StorageSettings, pg: PostgresSettings):
+        super().__init__(pg=pg, files=files)
         self._error_prefix = outputs.error_prefix
 
     def process(self, failure: FileFailure):
@@ -59,24 +63,34 @@ class _CopyAsideFn(WorkerDoFn):
             return
         target = quarantine_location(event, self._error_prefix)
         try:
+            # The client retries a transient error for a few seconds (the copy is idempotent).
             self.files.copy_generation(event.uri, event.generation, target)
         except SourceGone:
             _LOGGER.info("not quarantining %s: that generation no longer exists", event.key)
             yield failure
             return
         except Exception:  # pylint: disable=broad-except
+            # Not failed without its copy: the lease goes back and the sweeper starts another
+            # attempt, which fails the same way and copies again. A give-up attempt keeps the
+            # ending of the last real attempt.
             metrics.QUARANTINE_FAILURES.inc()
-            _LOGGER.exception("could not copy %s to %s; it stays in place", event.key, target)
+            _LOGGER.exception("could not copy %s to %s; it stays in place and the sweeper retries it", event.key,
+                              target)
+            self.pg.release(event, failure.attempt, None if failure.kind == FileErrorKind.GAVE_UP else COPY_FAILED)
             return
         yield failure._replace(error_uri=target)
 
 
 class QuarantineFile(beam.PTransform):
-    """Copies a failed file version under the error prefix; returns the failures with their new location."""
+    """Copies a failed file version under the error prefix; returns the failures with their new location.
 
-    def __init__(self, outputs: OutputSettings, files: StorageSettings):
+    A copy that fails gives the attempt's lease back (the sweeper retries it) instead of failing
+    the file without its copy.
+    """
+
+    def __init__(self, outputs: OutputSettings, files: StorageSettings, pg: PostgresSettings):
         super().__init__()
-        self._fn = _CopyAsideFn(outputs, files)
+        self._fn = _CopyAsideFn(outputs, files, pg)
 
     def expand(self, failures):
         return failures | "CopyToErrorPrefix" >> beam.ParDo(self._fn)
@@ -92,7 +106,7 @@ class _DeleteFailedSourceFn(WorkerDoFn):
         try:
             self.files.delete_generation(failure.event.uri, failure.event.generation)
         except Exception:  # pylint: disable=broad-except
-            _LOGGER.exception("could not delete quarantined source %s", failure.event.key)
+            _LOGGER.exception("could not delete quarantined source %s; the next sweep deletes it", failure.event.key)
             return
         yield failure.event.key
 

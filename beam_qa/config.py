@@ -57,14 +57,16 @@ def from_options(opts: QaOptions, *, model: str, concurrency: tuple[int, int] = 
     sweep = None
     if opts.input_subscription and opts.sweep_interval_secs:
         sweep = SweepSettings(bucket=opts.input_bucket, interval_secs=opts.sweep_interval_secs,
-                              grace_secs=opts.sweep_grace_secs, incoming_prefix=opts.incoming_prefix)
+                              grace_secs=opts.sweep_grace_secs, incoming_prefix=opts.incoming_prefix,
+                              delete_finished=not opts.keep_source)
     threads, calls = concurrency
     return JobConfig(
         options=opts,
         source=SourceSettings(subscription=opts.input_subscription or None, pattern=opts.input_pattern or None,
                               incoming_prefix=opts.incoming_prefix, sweep=sweep),
         inputs=InputSettings(max_file_bytes=opts.max_file_bytes, max_rows=opts.max_rows,
-                             max_context_chars=opts.max_context_chars, chunk_size=opts.chunk_size),
+                             max_context_chars=opts.max_context_chars, max_columns=opts.max_columns,
+                             chunk_size=opts.chunk_size),
         model=ModelSettings(
             model=model, device=opts.device, precision=opts.precision, runtime=opts.runtime,
             max_seq_len=opts.max_seq_len, doc_stride=opts.doc_stride, max_answer_len=opts.max_answer_len,
@@ -75,7 +77,8 @@ def from_options(opts: QaOptions, *, model: str, concurrency: tuple[int, int] = 
         outputs=OutputSettings(answers_prefix=opts.answers_prefix, error_prefix=opts.error_prefix,
                                keep_source=bool(opts.keep_source)),
         postgres=PostgresSettings(dsn=opts.pg_dsn, password_secret=opts.pg_password_secret,
-                                  pool_size=opts.pg_pool_size, lease_secs=opts.lease_secs),
+                                  pool_size=opts.pg_pool_size, lease_secs=opts.lease_secs,
+                                  max_attempts=opts.max_attempts),
         storage=StorageSettings(anonymous=bool(opts.gcs_anonymous)),
         status_interval_secs=opts.status_interval_secs,
     )

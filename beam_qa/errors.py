@@ -22,12 +22,17 @@ class FileErrorKind(str, enum.Enum):
     EMPTY = "empty"
     DUPLICATE_COLUMNS = "duplicate_columns"
     MISSING_COLUMNS = "missing_columns"
+    # More header columns than --max_columns, or a row holding far more separators than that.
+    TOO_MANY_COLUMNS = "too_many_columns"
     TOO_MANY_ROWS = "too_many_rows"
     MALFORMED_CSV = "malformed_csv"
     NO_ROWS = "no_rows"
     # The source object disappeared (deleted, or replaced by a newer upload) after it was read
     # and before its answers CSV could be written; the newer upload has its own event.
     SOURCE_GONE = "source_gone"
+    # --max_attempts attempts ended without an outcome (a worker killed by the file, a sink that
+    # never succeeds): the version is failed with how the last attempt ended, instead of retried.
+    GAVE_UP = "gave_up"
 
     def __str__(self) -> str:
         return self.value

@@ -36,10 +36,11 @@ from beam_qa import config as job_config
 from beam_qa import metrics, runtime
 from beam_qa.config import JobConfig
 from beam_qa.errors import UsageError
-from beam_qa.options import DEFAULT_MODEL, QaOptions
+from beam_qa.options import DEFAULT_MODEL, QaOptions, is_dataflow
 from beam_qa.pipeline import build_pipeline
 from beam_qa.qa.handler import usable_cpus
 from beam_qa.qa.model_store import ModelNotFoundError, advice, check_model_available
+from beam_qa.qa.model_manifest import MANIFEST
 from beam_qa.qa.model_watch import newest_published
 from beam_qa.settings import StorageSettings
 
@@ -47,13 +48,6 @@ _LOGGER = logging.getLogger(__name__)
 
 # Set by Dockerfile.worker from its WORKER_IMAGE build argument: the image's own reference.
 WORKER_IMAGE_ENV = "BEAM_QA_WORKER_IMAGE"
-
-
-def is_dataflow(opts: PipelineOptions) -> bool:
-    """True when ``--runner`` names Dataflow (``DataflowRunner``, ``TestDataflowRunner``, an instance)."""
-    runner = opts.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    return runner is not None and "dataflow" in name.lower()
 
 
 def default_worker_image(opts: PipelineOptions, environ: Mapping[str, str] = os.environ) -> None:
@@ -153,7 +147,7 @@ def parse_options(argv: Sequence[str] | None = None) -> QaOptions:
 
 
 def resolve_model(opts: QaOptions) -> str:
-    """The model the job starts with, checked to exist (its config.json only; weights load on workers).
+    """The model the job starts with, checked to exist (its config.json or manifest only; weights load on workers).
 
     With ``--model_watch_pattern`` that is the newest one published there.
 
@@ -167,7 +161,7 @@ def resolve_model(opts: QaOptions) -> str:
                               runtime.storage(StorageSettings(anonymous=bool(opts.gcs_anonymous))))
     if newest is None:
         raise ModelNotFoundError(advice(opts.model_watch_pattern, "no model is published there (a directory "
-                                        "with its config.json, written last)"))
+                                        f"with its {MANIFEST}, written last)"))
     if opts.model and opts.model != newest.directory and opts.model != DEFAULT_MODEL:
         _LOGGER.info("--model %s is ignored: --model_watch_pattern picks the newest published model", opts.model)
     _LOGGER.info("models are watched under %s; the newest is %s", opts.model_watch_pattern, newest.directory)

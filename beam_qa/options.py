@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_qa.errors import UsageError
 from beam_qa.qa import precision as precisions
@@ -62,6 +62,23 @@ def _positive_float(value: str) -> float:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
     return number
+
+
+def is_dataflow(opts: PipelineOptions) -> bool:
+    """True when ``--runner`` names Dataflow (``DataflowRunner``, ``TestDataflowRunner``, an instance)."""
+    runner = opts.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return runner is not None and "dataflow" in name.lower()
+
+
+def _has_password(dsn: str) -> bool:
+    """Whether a libpq connection string or URL carries a password."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except ProgrammingError as exc:
+        raise UsageError(f"--pg_dsn is not a libpq connection string or URL: {str(exc).splitlines()[0]}") from exc
 
 
 class QaOptions(PipelineOptions):
@@ -120,18 +137,23 @@ class QaOptions(PipelineOptions):
             "--max_context_chars", type=_positive_int, default=InputSettings.max_context_chars,
             help="A row whose context has more characters than this is a row error (the rest of its "
             f"file is answered). Default: {InputSettings.max_context_chars:,}, about 100 windows of 384 tokens.")
+        src.add_argument(
+            "--max_columns", type=_positive_int, default=InputSettings.max_columns,
+            help="A header with more columns than this is a file error (too_many_columns), and so is a row "
+            f"holding far more commas than that. Default: {InputSettings.max_columns:,} (docs/security.md).")
 
         model.add_argument(
             "--model", default=None,
-            help="Hugging Face model id, local directory or gs:// directory of an extractive "
-            f"question-answering model with a fast tokenizer. Default: $QA_MODEL (the worker "
-            f"image sets it to its baked-in model), else {DEFAULT_MODEL}.")
+            help="Hugging Face model id, local directory or gs:// directory (checked against its "
+            "beam_qa_manifest.json) of an extractive question-answering model with a fast tokenizer. "
+            f"Default: $QA_MODEL (the worker image sets it to its baked-in model), else {DEFAULT_MODEL}.")
         model.add_argument(
             "--model_watch_pattern", default=None,
-            help="Pick up newly published models without stopping the job: a glob of config.json files, "
-            "for example gs://my-bucket/models/*/config.json. Workers use the directory of the newest one "
-            "(copy a model directory there, config.json last) and switch to a newer one within "
-            "--model_watch_interval_secs; --model is then ignored.")
+            help="Pick up newly published models without stopping the job: a glob of model manifests, for "
+            "example gs://my-models/models/*/beam_qa_manifest.json, in a bucket uploaders cannot write. Workers "
+            "use the directory of the newest one (copy a model directory there, its manifest last), refuse one "
+            "whose files do not match its manifest, and switch to a newer one within "
+            "--model_watch_interval_secs; --model is then ignored (docs/deploy.md).")
         model.add_argument(
             "--model_watch_interval_secs", type=_positive_float, default=ModelSettings.watch_interval_secs,
             help="How often each worker looks for a newer model under --model_watch_pattern.")
@@ -195,6 +217,11 @@ class QaOptions(PipelineOptions):
             help="How long an attempt at a file holds it without a heartbeat. The worker that started "
             "it renews the lease every third of this while it lives; a new attempt (sweeper, repeated "
             "notification) starts only once it has expired.")
+        sink.add_argument(
+            "--max_attempts", type=_positive_int, default=PostgresSettings.max_attempts,
+            help="Attempts at a file version before it is failed as gave_up (with how the last attempt "
+            "ended) and moved under --error_prefix, instead of retried; an attempt whose worker died "
+            f"counts. Default: {PostgresSettings.max_attempts}.")
         src.add_argument(
             "--gcs_anonymous", nargs="?", const=True, default=False, type=_flag,
             help="Use an anonymous GCS client (emulators). Implied when STORAGE_EMULATOR_HOST is set.")
@@ -249,15 +276,16 @@ class QaOptions(PipelineOptions):
             self.min_batch_size = self.max_batch_size
         if self.min_batch_size > self.max_batch_size:
             raise UsageError("--min_batch_size must not exceed --max_batch_size.")
-        if self.pg_password_secret:
-            if not SECRET_VERSION_RE.match(self.pg_password_secret):
-                raise UsageError(
-                    f"--pg_password_secret {self.pg_password_secret!r} is not of the form "
-                    "projects/PROJECT/secrets/NAME/versions/VERSION.")
-            from psycopg.conninfo import conninfo_to_dict
-            if "password" in conninfo_to_dict(self.pg_dsn):
-                raise UsageError("--pg_dsn must not contain a password when --pg_password_secret "
-                                 "is given: the password would be stored in the job graph.")
+        if self.pg_password_secret and not SECRET_VERSION_RE.match(self.pg_password_secret):
+            raise UsageError(
+                f"--pg_password_secret {self.pg_password_secret!r} is not of the form "
+                "projects/PROJECT/secrets/NAME/versions/VERSION.")
+        if (self.pg_password_secret or is_dataflow(self)) and _has_password(self.pg_dsn):
+            # Dataflow stores the job's options and shows them in its console.
+            raise UsageError("--pg_dsn must not contain a password when --pg_password_secret is given or the "
+                             "runner is Dataflow (the job's options are stored and shown in its console): put "
+                             "the password in Secret Manager and pass --pg_password_secret="
+                             "projects/PROJECT/secrets/NAME/versions/VERSION.")
         if self.precision == "int8" and self.device == "cuda":
             raise UsageError("--precision int8 is CPU-only; on CUDA use fp16, bf16 or auto.")
         if self.runtime == "onnxruntime" and self.device == "cuda":

@@ -101,7 +101,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> None:
 
     failures = read[FILE_ERRORS]
     if not outputs.keep_source:
-        failures = failures | "QuarantineFile" >> QuarantineFile(outputs, files)
+        failures = failures | "QuarantineFile" >> QuarantineFile(outputs, files, pg)
     recorded = failures | "RecordFileFailures" >> RecordFileFailures(pg)
     if not outputs.keep_source:
         _ = recorded | "DeleteFailedSource" >> DeleteFailedSource(files)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_qa import metrics
 from beam_qa.runtime import WorkerDoFn, leases
-from beam_qa.csv_rows import FileError, other_cells, parse_csv
+from beam_qa.csv_rows import FileError, ParsedFile, other_cells, parse_csv
 from beam_qa.errors import FileErrorKind
 from beam_qa.records import Chunk, ChunkRow, Claim, FileEvent, FileFailure
 from beam_qa.settings import InputSettings, PostgresSettings, StorageSettings
-from beam_qa.storage import SourceGone
+from beam_qa.storage import ContentEncodingError, ContentTooLarge, SourceGone
+from beam_qa.store.attempts import gave_up_reason
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -42,6 +44,13 @@ class _ClaimFn(WorkerDoFn):
                          "it is already finished" if reason == "finished" else "another attempt holds its lease")
             return
         self._leases.hold(event, attempt)
+        tries = self._pg_settings.max_attempts
+        if attempt > tries:
+            # Its attempts are used up (a file that kills its worker every time): this claim only
+            # fails it, with how the last attempt ended, and it is quarantined like any failure.
+            _LOGGER.warning("giving up on %s after %d attempts", event.key, tries)
+            yield Claim(event=event, attempt=attempt, gave_up=gave_up_reason(tries, self.pg.attempt_ending(event)))
+            return
         metrics.FILES_CLAIMED.inc()
         if attempt > 1:
             metrics.FILES_RETRIED.inc()
@@ -64,10 +73,36 @@ class ClaimFiles(beam.PTransform):
         return events | "ClaimAttempt" >> beam.ParDo(self._fn)
 
 
+def cut_chunks(claim: Claim, rows: Iterable[ChunkRow], chunk_size: int) -> Iterator[Chunk]:
+    """Cuts a file's rows into chunks of ``chunk_size`` consecutive rows (the last may be shorter), as they come."""
+    batch: list[ChunkRow] = []
+    index = 0
+    for row in rows:
+        batch.append(row)
+        if len(batch) == chunk_size:
+            yield Chunk(event=claim.event, attempt=claim.attempt, index=index, rows=tuple(batch))
+            batch, index = [], index + 1
+    if batch:
+        yield Chunk(event=claim.event, attempt=claim.attempt, index=index, rows=tuple(batch))
+
+
 def chunk_rows(claim: Claim, rows: list[ChunkRow], chunk_size: int) -> list[Chunk]:
-    """Cuts a file's rows into chunks of ``chunk_size`` consecutive rows (the last may be shorter)."""
-    return [Chunk(event=claim.event, attempt=claim.attempt, index=index, rows=tuple(rows[start:start + chunk_size]))
-            for index, start in enumerate(range(0, len(rows), chunk_size))]
+    """``cut_chunks`` as a list."""
+    return list(cut_chunks(claim, rows, chunk_size))
+
+
+def chunk_count(row_count: int, chunk_size: int) -> int:
+    return -(-row_count // chunk_size)
+
+
+def chunk_row_of(row, question_at: int, context_at: int) -> ChunkRow:
+    """The ``ChunkRow`` of a parsed row, counting its row error."""
+    if row.error:
+        metrics.ROW_ERRORS.inc()
+        metrics.row_errors(row.error_kind).inc()
+    return ChunkRow(row_index=row.row_index, question=row.question, context=row.context, row_id=row.row_id,
+                    error=row.error, others=other_cells(row.values, question_at, context_at),
+                    error_kind=row.error_kind)
 
 
 class _ReadCsvFn(WorkerDoFn):
@@ -76,15 +111,19 @@ class _ReadCsvFn(WorkerDoFn):
         self._inputs = inputs
 
     def process(self, claim: Claim):
-        event, attempt = claim
+        event, attempt = claim.event, claim.attempt
+        if claim.gave_up:
+            yield self._file_error(claim, FileError(FileErrorKind.GAVE_UP, claim.gave_up))
+            return
         limits = self._inputs
         if event.size > limits.max_file_bytes:
-            yield self._file_error(claim, FileError(
-                FileErrorKind.TOO_LARGE, f"file is {event.size} bytes, over the limit of {limits.max_file_bytes} "
-                "bytes; split it into smaller files"))
+            yield self._file_error(claim, _too_large(f"file is {event.size} bytes, over the limit of "
+                                                      f"{limits.max_file_bytes} bytes"))
             return
         try:
-            data = self.files.read_bytes(event.uri, event.generation)
+            # Never more than max_file_bytes, whatever the object's Content-Encoding (a gzip
+            # bomb stops at the limit instead of inflating inside the worker).
+            data = self.files.read_bytes(event.uri, event.generation, max_bytes=limits.max_file_bytes)
         except SourceGone:
             # Deleted, or replaced by a newer upload (which has its own event): nothing to answer.
             metrics.EVENTS_IGNORED.inc()
@@ -94,39 +133,38 @@ class _ReadCsvFn(WorkerDoFn):
                 event=event, attempt=attempt, kind=FileErrorKind.SOURCE_GONE.value,
                 reason="the file was deleted or replaced by a newer upload before it was read"))
             return
-        except Exception:  # pylint: disable=broad-except
+        except ContentTooLarge as exc:
+            inflated = f" once inflated (it is stored with Content-Encoding: {exc.encoding})" if exc.encoding else ""
+            yield self._file_error(claim, _too_large(f"file is over the limit of {exc.limit} bytes{inflated}"))
+            return
+        except ContentEncodingError as exc:
+            yield self._file_error(claim, FileError(FileErrorKind.BINARY, f"file is {exc}; upload it again as "
+                                                    "plain CSV (without -Z or Content-Encoding: gzip)"))
+            return
+        except Exception as exc:  # pylint: disable=broad-except
             # A storage failure is transient: give the lease back so that the sweeper starts
             # another attempt, and keep the stream going.
             metrics.READ_FAILURES.inc()
             _LOGGER.exception("could not read %s; leaving it for the sweeper", event.key)
-            self.pg.release(event, attempt)
+            self.pg.release(event, attempt, f"a storage error while reading it ({type(exc).__name__})")
             return
         try:
             parsed = parse_csv(data, max_bytes=limits.max_file_bytes, max_rows=limits.max_rows,
-                               max_context_chars=limits.max_context_chars)
+                               max_context_chars=limits.max_context_chars, max_columns=limits.max_columns)
         except FileError as exc:
             yield self._file_error(claim, exc)
             return
-        rows = []
-        q_at, c_at = parsed.question_at, parsed.context_at
-        for row in parsed.rows:
-            if row.error:
-                metrics.ROW_ERRORS.inc()
-                metrics.row_errors(row.error_kind).inc()
-            rows.append(ChunkRow(row_index=row.row_index, question=row.question, context=row.context,
-                                 row_id=row.row_id, error=row.error, others=other_cells(row.values, q_at, c_at),
-                                 error_kind=row.error_kind))
-        chunks = chunk_rows(claim, rows, limits.chunk_size)
-        if not self.pg.record_manifest(event, attempt, parsed.header, len(rows), len(chunks)):
-            metrics.CHUNKS_SUPERSEDED.inc(len(chunks))
+        chunks = chunk_count(parsed.row_count, limits.chunk_size)
+        if not self.pg.record_manifest(event, attempt, parsed.header, parsed.row_count, chunks):
+            metrics.CHUNKS_SUPERSEDED.inc(chunks)
             _LOGGER.info("not answering %s attempt %d: a newer attempt or a final record replaced it",
                          event.key, attempt)
             return
         metrics.FILES_RECEIVED.inc()
-        metrics.ROWS_READ.inc(len(rows))
-        _LOGGER.info("received %s (attempt %d) with %d rows in %d chunks", event.key, attempt, len(rows),
-                     len(chunks))
-        yield from chunks
+        metrics.ROWS_READ.inc(parsed.row_count)
+        _LOGGER.info("received %s (attempt %d) with %d rows in %d chunks", event.key, attempt, parsed.row_count,
+                     chunks)
+        yield from _chunks(claim, parsed, limits.chunk_size)
 
     @staticmethod
     def _file_error(claim: Claim, exc: FileError):
@@ -134,6 +172,16 @@ class _ReadCsvFn(WorkerDoFn):
         _LOGGER.warning("file error for %s: %s", claim.event.key, exc.kind)
         return pvalue.TaggedOutput(FILE_ERRORS, FileFailure(event=claim.event, attempt=claim.attempt,
                                                             kind=exc.kind, reason=str(exc)))
+
+
+def _chunks(claim: Claim, parsed: ParsedFile, chunk_size: int) -> Iterator[Chunk]:
+    """The file's chunks, parsed and emitted one at a time: a file never holds all its cells at once."""
+    q_at, c_at = parsed.question_at, parsed.context_at
+    return cut_chunks(claim, (chunk_row_of(row, q_at, c_at) for row in parsed.iter_rows()), chunk_size)
+
+
+def _too_large(what: str) -> FileError:
+    return FileError(FileErrorKind.TOO_LARGE, f"{what}; split it into smaller files")
 
 
 class ReadCsvRows(beam.PTransform):

@@ -49,10 +49,15 @@ class FileEvent(NamedTuple):
 
 
 class Claim(NamedTuple):
-    """A file version this pipeline now holds the lease of, as attempt number ``attempt``."""
+    """A file version this pipeline now holds the lease of, as attempt number ``attempt``.
+
+    ``gave_up`` is set (the reason) when the version used up its attempts: this claim only
+    records that it failed.
+    """
 
     event: FileEvent
     attempt: int
+    gave_up: str = ""
 
 
 class ChunkRow(NamedTuple):

@@ -23,6 +23,8 @@ class PostgresSettings:
         pool_size: most connections one worker process opens (shared by all its DoFns).
         retry_secs: how long a write retries a lost connection before the bundle gives up.
         lease_secs: how long an attempt at a file holds it without a heartbeat.
+        max_attempts: attempts at a file version before it is failed (``gave_up``) instead of
+            retried; an attempt whose worker died without a word counts.
     """
 
     dsn: str
@@ -30,6 +32,7 @@ class PostgresSettings:
     pool_size: int = 4
     retry_secs: float = 120.0
     lease_secs: float = 120.0
+    max_attempts: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,7 @@ class InputSettings:
         max_file_bytes: larger files are a file error.
         max_rows: files with more data rows are a file error.
         max_context_chars: longer contexts are a row error.
+        max_columns: a header with more columns is a file error.
         chunk_size: rows per chunk, the unit spread over workers and committed together.
     """
 
@@ -90,6 +94,10 @@ class InputSettings:
     # tokens a window): a few seconds of a CPU core in fp32. A longer cell is a row error rather
     # than minutes of one worker's time.
     max_context_chars: int = 100_000
+    # Far more than a question-answering file needs (question, context, an id and a few notes)
+    # and more than most spreadsheet exports hold, yet it keeps a header's checks and a row's
+    # cells small whatever the file: a row is never padded to the header (docs/security.md).
+    max_columns: int = 1_000
     # Two CPU batches: a bundle's batches are full and a 1,000-row file is spread over 16 units of work.
     chunk_size: int = 64
 
@@ -105,12 +113,17 @@ class OutputSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
-    """The streaming sweeper: which bucket and prefix, how often, how old a file must be."""
+    """The streaming sweeper: which bucket and prefix, how often, how old a file must be.
+
+    ``delete_finished``: delete the source of a version that is ``done`` (or ``failed`` and
+    kept under the error prefix) whose own delete failed; off with ``--keep_source``.
+    """
 
     bucket: str
     interval_secs: float = 300.0
     grace_secs: float = 300.0
     incoming_prefix: str = "incoming/"
+    delete_finished: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,7 +110,9 @@ class _SweepFn(WorkerDoFn):
 
     It also fails the unfinished versions whose source object is gone and whose lease has
     expired (deleted by a user mid-way, or replaced by a newer upload): their rows and chunk
-    records would otherwise wait for ever.
+    records would otherwise wait for ever; and it deletes the sources of finished versions whose
+    own delete failed (``done``, or ``failed`` with their copy under the error prefix), so that
+    nothing is left behind under the incoming prefix.
     """
 
     def __init__(self, sweep: SweepSettings, pg: PostgresSettings, files: StorageSettings):
@@ -128,7 +130,7 @@ class _SweepFn(WorkerDoFn):
         try:
             listed = [info for info in self.files.list(pattern) if info.uri.lower().endswith(".csv")]
             candidates = [info for info in listed if info.updated <= cutoff]
-            busy = self.pg.not_claimable([info.uri for info in candidates], retry_secs) if candidates else set()
+            busy = self.pg.not_claimable([info.uri for info in candidates], retry_secs) if candidates else {}
             gone = self.pg.abandon_missing(f"gs://{self._sweep.bucket}/{self._incoming_prefix}",
                                            [(info.uri, info.generation) for info in listed],
                                            self._sweep.grace_secs, retry_secs)
@@ -140,6 +142,10 @@ class _SweepFn(WorkerDoFn):
         for uri, generation in gone:
             metrics.FILES_ABANDONED.inc()
             _LOGGER.warning("gave up on %s#%d: its source is gone and its last attempt ended", uri, generation)
+        if self._sweep.delete_finished:
+            for info in candidates:
+                if busy.get((info.uri, info.generation)):
+                    self._delete_leftover(info)
         retry = [info for info in candidates if (info.uri, info.generation) not in busy]
         _LOGGER.info("swept %s: %d to start of %d CSV files older than %.0fs (%d finished or in flight)",
                      pattern, len(retry), len(candidates), self._sweep.grace_secs, len(candidates) - len(retry))
@@ -148,6 +154,19 @@ class _SweepFn(WorkerDoFn):
             _, name = info.uri[len("gs://"):].split("/", 1)
             yield gcs_file_event(self._sweep.bucket, name, info.generation, info.size, info.updated,
                                  self._incoming_prefix, trigger=f"sweep:{tick}")
+
+    def _delete_leftover(self, info) -> None:
+        key = f"{info.uri}#{info.generation}"
+        try:
+            deleted = self.files.delete_generation(info.uri, info.generation)
+        except Exception:  # pylint: disable=broad-except
+            metrics.SWEEP_FAILURES.inc()
+            _LOGGER.warning("could not delete %s, finished but left behind; the next sweep tries again", key,
+                            exc_info=True)
+            return
+        if deleted:
+            metrics.LEFTOVERS_DELETED.inc()
+            _LOGGER.info("deleted %s: it is finished, and its own delete had failed", key)
 
 
 def _nothing(_) -> bool:

@@ -6,15 +6,24 @@ semantics for generations. Clients are built lazily (in ``DoFn.setup``), never a
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 
+from beam_qa.bounded_io import CappedSink, ContentEncodingError, ContentTooLarge, HashingWriter, UnsafeName, safe_join
 from beam_qa.events import split_gcs_uri
 
+__all__ = ["ContentEncodingError", "ContentTooLarge", "ObjectInfo", "SourceGone", "Storage", "UnsafeName", "safe_join"]
+
 _LOGGER = logging.getLogger(__name__)
+
+
+_NO_LIMIT = 1 << 62
 
 
 class SourceGone(FileNotFoundError):
@@ -88,25 +97,79 @@ class Storage(LazyGcsClient):
         bucket, name = split_gcs_uri(uri)
         return self.client.bucket(bucket).blob(name, generation=generation)
 
-    def read_bytes(self, uri: str, generation: int | None = None) -> bytes:
-        """The content of exactly this version of the file.
+    def read_bytes(self, uri: str, generation: int | None = None, max_bytes: int | None = None) -> bytes:
+        """The content of exactly this version of the file, never more than ``max_bytes`` of it.
+
+        An object stored with ``Content-Encoding: gzip`` (what ``gcloud storage cp -Z`` writes) is
+        downloaded as stored and inflated here under the limit: the client's own download would
+        inflate it whole first, and a few MB can inflate to gigabytes.
 
         Raises:
             SourceGone: when that version no longer exists.
+            ContentTooLarge: when the content (inflated) is longer than ``max_bytes``.
+            ContentEncodingError: when a gzip-encoded object is not valid gzip data.
         """
         from google.api_core import exceptions
+        limit = _NO_LIMIT if max_bytes is None else max_bytes
         if not uri.startswith("gs://"):
             if generation is not None and self._local_generation(uri) != generation:
                 raise SourceGone(uri)
             try:
                 with open(uri, "rb") as handle:
-                    return handle.read()
+                    data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
             except FileNotFoundError as exc:
                 raise SourceGone(uri) from exc
+            if len(data) > limit:
+                raise ContentTooLarge(uri, limit, "")
+            return data
+        out = io.BytesIO()
         try:
-            return self._blob(uri, generation).download_as_bytes()
+            self._download(uri, generation, out, limit)
         except exceptions.NotFound as exc:
             raise SourceGone(uri) from exc
+        return out.getvalue()
+
+    def download_to_path(self, uri: str, path: str, max_bytes: int) -> str:
+        """Writes the (inflated) content of ``uri`` to ``path``; returns its SHA-256 (hex).
+
+        Raises:
+            SourceGone: when the object does not exist.
+            ContentTooLarge: when the content is longer than ``max_bytes`` (nothing is left at ``path``).
+        """
+        from google.api_core import exceptions
+        digest = hashlib.sha256()
+        try:
+            with open(path, "wb") as handle:
+                sink = HashingWriter(handle, digest)
+                if uri.startswith("gs://"):
+                    self._download(uri, None, sink, max_bytes)
+                else:
+                    with open(uri, "rb") as source:
+                        while block := source.read(1 << 20):
+                            sink.write(block)
+                            if sink.written > max_bytes:
+                                raise ContentTooLarge(uri, max_bytes, "")
+        except exceptions.NotFound as exc:
+            os.remove(path)
+            raise SourceGone(uri) from exc
+        except BaseException:
+            os.remove(path)
+            raise
+        return digest.hexdigest()
+
+    def _download(self, uri: str, generation: int | None, out, limit: int) -> None:
+        """Streams an object into ``out`` (``write(bytes)``), inflating gzip, stopping past ``limit``."""
+        bucket, name = split_gcs_uri(uri)
+        blob = self.client.bucket(bucket).get_blob(name, generation=generation)
+        if blob is None:
+            raise SourceGone(uri)
+        encoding = (blob.content_encoding or "").strip().lower()
+        if int(blob.size or 0) > limit:  # stored bytes: inflating only adds to them
+            raise ContentTooLarge(uri, limit, encoding)
+        sink = CappedSink(uri, limit, encoding, out)
+        # raw_download: the bytes as stored (no transcoding); CappedSink inflates gzip itself.
+        blob.download_to_file(sink, raw_download=True)
+        sink.close()
 
     @staticmethod
     def _local_generation(path: str) -> int | None:
@@ -175,30 +238,49 @@ class Storage(LazyGcsClient):
             return False
         return True
 
-    def copy_generation(self, uri: str, generation: int, target: str) -> None:
-        """Copies exactly ``generation`` of ``uri`` to ``target``.
+    def copy_generation(self, uri: str, generation: int, target: str, retry_secs: float = 10.0) -> None:
+        """Copies exactly ``generation`` of ``uri`` to ``target`` (the same copy again only rewrites it).
+
+        Args:
+            retry_secs: how long the client retries a transient GCS error (429, 5xx, a dropped
+                connection) before the copy fails; other errors fail at once.
 
         Raises:
             SourceGone: when that version no longer exists.
         """
         from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY
         if not uri.startswith("gs://") or not target.startswith("gs://"):
-            data = self.read_bytes(uri, generation)
-            if target.startswith("gs://"):
-                self._blob(target).upload_from_string(data)
-            else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "wb") as handle:
-                    handle.write(data)
+            self._copy_streaming(uri, generation, target)
             return
         src_bucket, src_name = split_gcs_uri(uri)
         dst_bucket, dst_name = split_gcs_uri(target)
         source = self.client.bucket(src_bucket)
         try:
             source.copy_blob(source.blob(src_name), self.client.bucket(dst_bucket), dst_name,
-                             source_generation=generation)
+                             source_generation=generation, retry=DEFAULT_RETRY.with_timeout(retry_secs))
         except exceptions.NotFound as exc:
             raise SourceGone(uri) from exc
+
+    def _copy_streaming(self, uri: str, generation: int, target: str) -> None:
+        """A copy to or from local disk, streamed: a copy is never parsed, whatever its size."""
+        from google.api_core import exceptions
+        try:
+            if uri.startswith("gs://"):
+                source = self._blob(uri, generation).open("rb", raw_download=True)
+            elif self._local_generation(uri) != generation:
+                raise SourceGone(uri)
+            else:
+                source = open(uri, "rb")  # pylint: disable=consider-using-with
+        except (FileNotFoundError, exceptions.NotFound) as exc:
+            raise SourceGone(uri) from exc
+        with source:
+            if target.startswith("gs://"):
+                self._blob(target).upload_from_file(source)
+                return
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as handle:
+                shutil.copyfileobj(source, handle)
 
     def list(self, pattern: str) -> list[ObjectInfo]:
         """Files matching a glob (``*`` within a path segment, ``**`` across)."""
@@ -213,21 +295,6 @@ class Storage(LazyGcsClient):
                            blob.updated.timestamp())
                 for blob in self.client.list_blobs(bucket, prefix=literal)
                 if matcher(blob.name) and not blob.name.endswith("/")]
-
-    def download_prefix(self, prefix_uri: str, local_dir: str) -> int:
-        """Copies every object under a gs:// prefix into ``local_dir``; returns the count."""
-        bucket, prefix = split_gcs_uri(prefix_uri)
-        count = 0
-        for blob in self.client.list_blobs(bucket, prefix=prefix):
-            relative = blob.name[len(prefix):]
-            if not relative or relative.endswith("/"):
-                continue
-            path = os.path.join(local_dir, relative)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            blob.download_to_filename(path)
-            count += 1
-        return count
-
 
 def _glob_matcher(name_glob: str):
     """``*`` matches within one path segment, ``**`` across segments."""

@@ -46,13 +46,13 @@ def reference_python() -> Path:
 
 def base_model() -> Path:
     """A DistilBERT-base-sized QA model with random weights, built once under ``.cache/``."""
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     return build_model(CACHE / "models" / "distilbert-base-random", "base")
 
 
 def tiny_model() -> Path:
     """The tiny random-weight QA model (a model that costs little), built once under ``.cache/``."""
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     return build_model(CACHE / "models" / "tiny-random", "tiny")
 
 
@@ -109,7 +109,7 @@ def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
 
 def squad_rows(count: int) -> list[dict]:
     """The first ``count`` SQuAD v1.1 dev rows from ``../shared/data/``."""
-    from beam_qa.dev.squad import squad_rows as load
+    from devtools.squad import squad_rows as load
     rows = load(limit=count)
     if len(rows) < count:
         raise SystemExit(f"only {len(rows)} SQuAD rows available, {count} needed")
@@ -118,7 +118,7 @@ def squad_rows(count: int) -> list[dict]:
 
 def cycled_squad_rows(count: int) -> list[dict]:
     """``count`` SQuAD v1.1 dev rows, starting over from the first when the sample runs out."""
-    from beam_qa.dev.squad import squad_rows as load
+    from devtools.squad import squad_rows as load
     rows = load()
     return [{"kind": "squad", "question": rows[i % len(rows)]["question"], "context": rows[i % len(rows)]["context"]}
             for i in range(count)]
@@ -130,7 +130,7 @@ def long_context_rows(count: int) -> list[dict]:
     The question comes from a paragraph in the middle or at the end, so the best span
     usually lies in the second or a later window.
     """
-    from beam_qa.dev.squad import squad_rows as load
+    from devtools.squad import squad_rows as load
     by_context: dict[str, list[str]] = {}
     for row in load():
         by_context.setdefault(row["context"], []).append(row["question"])

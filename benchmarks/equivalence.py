@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, ours_elapsed = run_ours(model_dir, rows, args.batch_size)
     report = compare(rows, reference, ours)
     report.update({
-        "model": "distilbert-base-sized, random weights (beam_qa.dev.tiny_model --size base)",
+        "model": "distilbert-base-sized, random weights (devtools.tiny_model --size base)",
         "reference": f"transformers {ref_summary['transformers']} question-answering pipeline, row by row",
         "reference_elapsed_s": round(ref_summary["elapsed_s"], 1), "ours_elapsed_s": round(ours_elapsed, 1),
         "required_agreement": REQUIRED_AGREEMENT, "score_tolerance": SCORE_TOLERANCE,

@@ -60,7 +60,7 @@ def _query(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
 
 def _payloads(files: int, rows: int) -> list[bytes]:
     """``files`` CSVs of ``rows`` SQuAD rows each (the sample wraps around if it is too short)."""
-    from beam_qa.dev.squad import squad_rows
+    from devtools.squad import squad_rows
     sample = squad_rows(files * rows)
     out = []
     for f in range(files):
@@ -76,7 +76,7 @@ def _payloads(files: int, rows: int) -> list[bytes]:
 
 def _model(size: str, run_dir: Path) -> tuple[str, str]:
     """The model directory and how to describe it in the JSON."""
-    from beam_qa.dev.tiny_model import SIZES, build_model
+    from devtools.tiny_model import SIZES, build_model
     if size == "base":
         from benchmarks.common import base_model
         path = base_model()
@@ -84,7 +84,7 @@ def _model(size: str, run_dir: Path) -> tuple[str, str]:
         path = build_model(run_dir / "tiny-model", "tiny")
     dims = SIZES[size]
     return str(path), (f"{size}: DistilBERT-shaped, random weights (dim {dims['dim']}, "
-                       f"{dims['n_layers']} layers), built by beam_qa/dev/tiny_model.py")
+                       f"{dims['n_layers']} layers), built by devtools/tiny_model.py")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -116,7 +116,7 @@ def _upload_all(bucket_name: str, names: list[str], payloads: list[bytes], worke
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    from beam_qa.dev.stack import Stack, StackConfig
+    from devtools.stack import Stack, StackConfig
 
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="beam-qa-load-"))
     model, model_text = _model(args.model_size, run_dir)

@@ -2,7 +2,7 @@
 
 A precision is judged by the answer quality it keeps. This runs the pipeline's own handler
 (``QuestionAnsweringModelHandler``, windows of 384 tokens with stride 128, batches of 32)
-on the held-out articles of the demo model (``beam_qa.dev.squad_eval``) once per precision
+on the held-out articles of the demo model (``devtools.squad_eval``) once per precision
 and prints one JSON object: EM/F1 per precision, the F1 lost against fp32, the share of
 answers identical to fp32, whether each precision runs fast on this CPU, the CPU's
 features, and what ``--precision auto`` picks here.
@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 
-from beam_qa.dev import demo_model, squad_eval
+from devtools import demo_model, squad_eval
 from beam_qa.qa import precision as precisions
 
 _LOGGER = logging.getLogger(__name__)

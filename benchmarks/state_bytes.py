@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import psycopg
 
-    from beam_qa.dev.squad import squad_rows
+    from devtools.squad import squad_rows
     base = os.environ.get("QA_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
     name = os.environ.get("QA_TEST_DB_PREFIX", "") + "beam_qa_bench_state"
     with psycopg.connect(f"{base} dbname=postgres", autocommit=True) as conn:

@@ -272,7 +272,7 @@ def resolve_model(name: str) -> tuple[str, str]:
         return str(common.base_model()), ("DistilBERT-base-sized (the shape of distilbert-base-cased-distilled-"
                                           "squad), random weights: speed does not depend on weight values")
     if name == "demo":
-        from beam_qa.dev import demo_model
+        from devtools import demo_model
         built = demo_model.built_model()
         if built is None:
             raise SystemExit("error: --model demo needs the demo model; run `make demo-model` first")

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import zipfile
+import zlib
 from collections.abc import Callable
 
 # Rows in the 100,000-row case; the pipeline runs use MAX_ROWS so that it is a cheap file error.
@@ -30,6 +31,7 @@ REASONS = {
     "binary": "file contains a NUL byte",
     "malformed_csv": "CSV syntax error",
     "too_many_rows": f"file has more than {MAX_ROWS} data rows",
+    "too_many_columns": "--max_columns",
 }
 
 
@@ -157,6 +159,17 @@ def _context_60k() -> bytes:
     return _csv(["id", "question", "context"], [["long", "Where is the answer?", context_60k()]])
 
 
+def _wide_header() -> bytes:
+    """A 100,000-column header (0.7 MB), question and context among its columns, and one row."""
+    names = ["question", "context"] + [f"column_{i}" for i in range(99_998)]
+    return (",".join(names) + "\nWhere is the tower?," + PARIS.replace(",", "") + "\n").encode()
+
+
+def _cells_flood() -> bytes:
+    """A valid header, then one row of a million two-character cells (3 MB)."""
+    return b"question,context\r\nWhere is the tower?," + b"ab," * 1_000_000 + b"ab\r\n"
+
+
 def _big_rows() -> bytes:
     rows = ((f"r{i}", f"Question {i}?", f"Context number {i} of a very long file.") for i in range(BIG_ROWS))
     return _csv(["id", "question", "context"], rows, lineterminator="\n")
@@ -216,6 +229,8 @@ CASES: tuple[Case, ...] = (
     Case("context_60k", _context_60k, header=("id", "question", "context"),
          rows=(("long", "Where is the answer?", "<context_60k>"),)),
     Case("rows_100k", _big_rows, kind="too_many_rows"),
+    Case("header_100k_columns", _wide_header, kind="too_many_columns", reason="the header, at line 1"),
+    Case("cells_flood", _cells_flood, kind="too_many_columns", reason="the row at line 2"),
     Case("emoji_cjk", _const(_csv(_UNICODE_HEADER, _UNICODE_ROWS)), header=_UNICODE_HEADER, rows=_UNICODE_ROWS),
     Case("formula_injection", _const(_csv(_FORMULA_HEADER, _FORMULA_ROWS)), header=_FORMULA_HEADER,
          rows=_FORMULA_ROWS),
@@ -317,3 +332,14 @@ def sql_metacharacter_case(stem: str = SQL_FILE_STEM) -> Case:
     header = ("id", "question", "context", "note")
     rows = tuple((p, p + " Where is the tower?", p + " " + PARIS, p) for p in SQL_PAYLOADS)
     return Case(stem, _const(_csv(header, rows)), header=header, rows=rows)
+
+
+# -- a gzip bomb: stored gzip-encoded (what `gcloud storage cp -Z` writes), it inflates ~1000:1 ----------
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A CSV of ``inflated_mib`` MiB (``q,c`` rows), gzip-compressed to about a thousandth of that."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"q,c\n" * (1 << 18)  # 1 MiB
+    parts = [compressor.compress(b"question,context\n")]
+    parts += [compressor.compress(block) for _ in range(inflated_mib)]
+    return b"".join(parts) + compressor.flush()

@@ -15,6 +15,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from upload_service.core.auth import auth_refusal
 from upload_service.core.config import get_settings, on_cloud_run
 from upload_service.core.logs import configure_logging
 
@@ -37,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
     except ValidationError as exc:
-        problems = "; ".join(f"QA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join((f"QA_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "") + e["msg"]
+                             for e in exc.errors())
         print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    refusal = auth_refusal(settings, args.host)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
     uvicorn.run("upload_service.main:app", host=args.host, port=args.port, log_config=None, access_log=False,

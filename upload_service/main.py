@@ -10,18 +10,21 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from upload_service.api.routes import health, uploads, web
+from upload_service.core.auth import auth_refusal, warn_about_auth
 from upload_service.core.config import CLOUD_RUN_MAX_UPLOAD_BYTES, MULTIPART_OVERHEAD_BYTES, get_settings, on_cloud_run
 from upload_service.core.errors import error_response, install_error_handlers
+from upload_service.core.headers import SecurityHeaders
 from upload_service.core.logs import RequestLogMiddleware, configure_logging
 from upload_service.services.validation import too_large
 
 DESCRIPTION = """\
 Upload `question,context` CSV files for the beam-qa pipeline, follow their status and fetch the answers.
 
-Files are checked with the pipeline's own rules before anything is stored. When the server sets
-`QA_API_TOKEN`, every `/uploads` endpoint needs `Authorization: Bearer <token>`; `/healthz`, `/readyz`
-and the web page at `/` do not. Every error is a JSON `ErrorResponse`: `error` (a kind), `message`,
-`hint` and optional `details`.
+Files are checked with the pipeline's own rules before anything is stored. Every `/uploads` endpoint
+needs your API key, as `Authorization: Bearer <key>` or `X-API-Key: <key>`, and shows you only your
+own uploads (another client's upload id is a 404); `/healthz`, `/readyz` and the web page at `/` do
+not. `POST /uploads` honours `Idempotency-Key`. Every error is a JSON `ErrorResponse`: `error` (a
+kind), `message`, `hint` and optional `details`.
 """
 
 
@@ -89,6 +92,12 @@ async def _lifespan(app: FastAPI):
         settings = _settings_of(app)
         configure_logging(settings.log_format, settings.log_level)
         _warn_about_cloud_run_limit(settings.max_upload_bytes)
+        # On Cloud Run the address is 0.0.0.0 whoever started uvicorn; elsewhere only
+        # `python -m upload_service` knows it, and checks before uvicorn starts.
+        refusal = auth_refusal(settings, "0.0.0.0") if on_cloud_run() else None
+        if refusal:
+            raise RuntimeError(f"error: {refusal}")
+        warn_about_auth(settings)
     try:
         yield
     finally:
@@ -104,7 +113,10 @@ def create_app(*, configure_logs: bool = False) -> FastAPI:
         configure_logs: at start-up, set up the process's logging from ``QA_LOG_FORMAT`` and
             ``QA_LOG_LEVEL`` (the served app does; tests keep pytest's logging).
     """
-    app = FastAPI(title="beam-qa upload service", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
+    # No /docs or /redoc: their pages load scripts from a CDN into the service's own origin, where
+    # the web page keeps the caller's API key. /openapi.json documents the API.
+    app = FastAPI(title="beam-qa upload service", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.clients = {}
     app.state.configure_logging = configure_logs
     install_error_handlers(app)
@@ -114,6 +126,8 @@ def create_app(*, configure_logs: bool = False) -> FastAPI:
     static = resources.files("upload_service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_middleware(UploadSizeLimit, fastapi_app=app, path="/uploads")
+    # Outside the size cap, so that its refusals carry the headers too.
+    app.add_middleware(SecurityHeaders)
     # Added last, so it is outermost: it also logs the requests the size cap refuses.
     app.add_middleware(RequestLogMiddleware)
     return app

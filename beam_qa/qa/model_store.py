@@ -6,13 +6,20 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from beam_qa import metrics
 from beam_qa import runtime as worker_runtime
+from beam_qa.bounded_io import ContentTooLarge, safe_join
 from beam_qa.errors import UsageError
+from beam_qa.qa import model_manifest
 from beam_qa.qa import precision as precisions
+from beam_qa.qa.model_manifest import MANIFEST, MAX_MANIFEST_BYTES, ModelRefusedError
+
+__all__ = ["LoadedModel", "ModelNotFoundError", "ModelRefusedError", "check_model_available", "evict", "load_model"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +44,8 @@ def advice(model: str, reason: str) -> str:
     return (f"Cannot load the question-answering model {model!r}: {reason}. Pass --model "
             "(QA_MODEL for make run) with one of: a local directory holding config.json, "
             "model weights and a fast tokenizer (make demo-model builds a real small one offline "
-            "under .cache/demo-model/), a gs://bucket/path directory with the same files, or a "
+            "under .cache/demo-model/), a gs://bucket/path directory with the same files and their "
+            f"{MANIFEST} (python -m beam_qa.qa.model_manifest), or a "
             "Hugging Face model id reachable from this machine (for example the default "
             "distilbert/distilbert-base-cased-distilled-squad).")
 
@@ -53,8 +61,9 @@ def check_model_available(model: str) -> None:
     if model.startswith("gs://"):
         from beam_qa.storage import Storage
         storage = Storage()
-        if not storage.exists(model.rstrip("/") + "/config.json"):
-            raise ModelNotFoundError(advice(model, "no config.json under that gs:// directory"))
+        if not storage.exists(model.rstrip("/") + "/" + MANIFEST):
+            raise ModelNotFoundError(advice(model, f"no {MANIFEST} under that gs:// directory (a published model "
+                                            "carries one, written last: docs/deploy.md)"))
         return
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
@@ -89,26 +98,66 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _local_copy(model: str) -> str:
-    """Copies a gs:// model directory to local disk once; returns the local directory."""
+    """Copies a gs:// model directory to local disk once, checked against its manifest; returns the folder.
+
+    Only the files the manifest names are copied, each into the model's own folder (a name
+    that would leave it is refused) and checked against its size and SHA-256 as it arrives.
+
+    Raises:
+        ModelRefusedError: the model does not match its manifest; nothing of it is kept.
+    """
     from beam_qa.storage import Storage
-    digest = hashlib.sha256(model.encode()).hexdigest()[:16]
-    target = os.path.join(tempfile.gettempdir(), "beam_qa_models", digest)
-    done_marker = os.path.join(target, ".complete")
-    if os.path.exists(done_marker):
-        return target
     storage = Storage()
-    staging = tempfile.mkdtemp(prefix=digest, dir=os.path.dirname(target) if os.path.isdir(
-        os.path.dirname(target)) else None)
-    count = storage.download_prefix(model.rstrip("/") + "/", staging)
-    if count == 0:
-        raise ModelNotFoundError(advice(model, "the gs:// directory is empty"))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    base = model.rstrip("/") + "/"
+    try:
+        manifest = storage.read_bytes(base + MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(advice(model, f"no {MANIFEST} under that gs:// directory (publish it last, "
+                                        "docs/deploy.md)")) from exc
+    except ContentTooLarge as exc:
+        raise _refused(model, f"its {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes") from exc
+    try:
+        files = model_manifest.parse(manifest)
+    except ModelRefusedError as exc:
+        raise _refused(model, str(exc)) from exc
+    # The manifest's own hash is part of the folder's name: a model republished in place is a new copy.
+    digest = hashlib.sha256(model.encode() + b"\0" + manifest).hexdigest()[:16]
+    root = os.path.join(tempfile.gettempdir(), "beam_qa_models")
+    target = os.path.join(root, digest)
+    if os.path.exists(os.path.join(target, ".complete")):
+        return target
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=digest, dir=root)
+    try:
+        for name, (size, sha) in sorted(files.items()):
+            path = safe_join(staging, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                got = storage.download_to_path(base + name, path, max_bytes=size)
+            except ContentTooLarge as exc:
+                raise _refused(model, f"{name} is larger than the {size} bytes its manifest says") from exc
+            except FileNotFoundError as exc:
+                raise _refused(model, f"{name}, listed in its manifest, is missing") from exc
+            if got != sha or os.path.getsize(path) != size:
+                raise _refused(model, f"{name} does not match its manifest (SHA-256 {got[:12]}…, "
+                               f"expected {sha[:12]}…)")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     open(os.path.join(staging, ".complete"), "w").close()
     try:
         os.rename(staging, target)
     except OSError:
-        pass  # another process won the race; its copy is complete
+        shutil.rmtree(staging, ignore_errors=True)  # another process won the race; its copy is complete
     return target
+
+
+def _refused(model: str, reason: str) -> ModelRefusedError:
+    """Counts and logs a refused model; the caller raises what this returns."""
+    metrics.MODELS_REFUSED.inc()
+    _LOGGER.error("beam_qa refused the model %s: %s", model, reason)
+    return ModelRefusedError(f"refused the model {model!r}: {reason}; publish it again with its manifest "
+                             f"({MANIFEST}, written last: docs/deploy.md)")
 
 
 def resolve_device(device: str) -> str:

@@ -1,14 +1,17 @@
 """A new model without stopping the stream: workers pick up the newest published model directory.
 
 Publishing a model means copying its directory (weights, tokenizer, ``config.json``) under a
-watched prefix, ``config.json`` last, for example ``gs://BUCKET/models/2026-11-22/``. With
-``--model_watch_pattern gs://BUCKET/models/*/config.json``, each worker process keeps one
+watched prefix, then its manifest (``beam_qa_manifest.json``, ``beam_qa/qa/model_manifest.py``)
+last, for example ``gs://MODELS_BUCKET/models/2026-11-22/``. With ``--model_watch_pattern
+gs://MODELS_BUCKET/models/*/beam_qa_manifest.json``, each worker process keeps one
 ``ModelWatcher`` that lists the pattern every ``--model_watch_interval_secs`` and, when a newer
-``config.json`` appears, loads that directory completely in the background and only then swaps
-it in: a batch already running finishes with the model it started with, the next one gets the
-new model, no row is ever answered by a half-loaded model, and the old model is dropped from
-the process-wide cache (no second copy kept once its last batch is done). Every answer records
-the model that produced it (``qa_answers.model``, the answers CSV's ``model`` column).
+manifest appears, loads that directory completely in the background, checked against its
+manifest, and only then swaps it in: a batch already running finishes with the model it started
+with, the next one gets the new model, no row is ever answered by a half-loaded model, and the
+old model is dropped from the process-wide cache (no second copy kept once its last batch is
+done). A model that does not match its manifest is refused (a log line, ``models_refused``) and
+not tried again until it is published again; the running model stays in place. Every answer
+records the model that produced it (``qa_answers.model``, the answers CSV's ``model`` column).
 
 Why not RunInference's own model-update side input (``WatchFilePattern`` or
 ``model_metadata_pcoll``)? The Python DirectRunner never delivers a triggered global-window side
@@ -27,44 +30,51 @@ from collections.abc import Callable
 
 from beam_qa import metrics
 from beam_qa.errors import UsageError
+from beam_qa.qa.model_manifest import MANIFEST, ModelRefusedError
 
 _LOGGER = logging.getLogger(__name__)
 
-MARKER = "config.json"
+MARKER = MANIFEST
 
 
 class NoPublishedModelError(UsageError):
-    """The watch pattern matches no published model (a ``config.json``)."""
+    """The watch pattern matches no published model (a manifest), or none that passes its check."""
 
 
 @dataclasses.dataclass(frozen=True)
 class PublishedModel:
-    """A model directory under the watched prefix, and when its ``config.json`` was written."""
+    """A model directory under the watched prefix, and when its manifest was written."""
 
     directory: str
     published: float
 
 
-def newest_published(pattern: str, storage) -> PublishedModel | None:
-    """The directory of the newest ``config.json`` matching ``pattern`` (ties: the larger name)."""
+def published_models(pattern: str, storage) -> list[PublishedModel]:
+    """The directories of the manifests matching ``pattern``, newest first (ties: the larger name)."""
     found = [PublishedModel(info.uri.rsplit("/", 1)[0], info.updated) for info in storage.list(pattern)
              if info.uri.rsplit("/", 1)[-1] == MARKER]
-    return max(found, key=lambda m: (m.published, m.directory), default=None)
+    return sorted(found, key=lambda m: (m.published, m.directory), reverse=True)
+
+
+def newest_published(pattern: str, storage) -> PublishedModel | None:
+    """The directory of the newest manifest matching ``pattern``, or None."""
+    found = published_models(pattern, storage)
+    return found[0] if found else None
 
 
 def check_pattern(pattern: str) -> None:
-    """Raises UsageError unless ``pattern`` names ``config.json`` files (what marks a complete model)."""
+    """Raises UsageError unless ``pattern`` names manifests (what marks a complete, published model)."""
     if not pattern.endswith("/" + MARKER):
         raise UsageError(f"--model_watch_pattern {pattern!r} must end with /{MARKER} (for example "
-                         f"gs://my-bucket/models/*/{MARKER}): a model counts as published once its {MARKER} "
-                         "is written, last.")
+                         f"gs://my-models/models/*/{MARKER}): a model counts as published once its manifest "
+                         "is written, last (python -m beam_qa.qa.model_manifest; docs/deploy.md).")
 
 
 class ModelWatcher:
     """Holds the newest published model of one pattern in this process, and swaps in newer ones.
 
     Args:
-        pattern: glob of ``config.json`` files (``*`` within a segment, ``**`` across).
+        pattern: glob of manifests (``*`` within a segment, ``**`` across).
         interval_secs: how often to look for a newer one.
         load: loads a model directory completely (the process-wide ``model_store.load_model``).
         evict: drops a model directory from the process-wide cache.
@@ -80,16 +90,20 @@ class ModelWatcher:
         self._lock = threading.Lock()
         self._current = None
         self._directory: str | None = None
+        # Refused publications, not tried again until their manifest is written again.
+        self._refused: set[PublishedModel] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Loads the newest published model now, then watches for newer ones in a thread."""
-        newest = newest_published(self._pattern, self._storage)
-        if newest is None:
+        """Loads the newest published model that passes its check now, then watches for newer ones."""
+        found = published_models(self._pattern, self._storage)
+        if not found:
             raise NoPublishedModelError(f"no model is published under {self._pattern}: copy a model directory "
-                                        f"there, {MARKER} last")
-        self._swap_to(newest.directory)
+                                        f"there, its {MARKER} last")
+        if not any(self._swap_to(published) for published in found):
+            raise NoPublishedModelError(f"no model published under {self._pattern} matches its {MARKER}: "
+                                        "publish one again (docs/deploy.md)")
         self._thread = threading.Thread(target=self._loop, name="beam_qa-model-watch", daemon=True)
         self._thread.start()
 
@@ -106,19 +120,29 @@ class ModelWatcher:
     def check_now(self) -> bool:
         """Looks once for a newer model and swaps it in; True when it did."""
         newest = newest_published(self._pattern, self._storage)
-        if newest is None or newest.directory == self.directory:
+        if newest is None or newest.directory == self.directory or newest in self._refused:
             return False
-        self._swap_to(newest.directory)
-        return True
+        return self._swap_to(newest)
 
-    def _swap_to(self, directory: str) -> None:
-        loaded = self._load(directory)  # completely, before anyone can see it
+    def _swap_to(self, published: PublishedModel) -> bool:
+        """Loads ``published`` completely, then makes it current; False when it is refused."""
+        directory = published.directory
+        try:
+            loaded = self._load(directory)  # completely, before anyone can see it
+        except ModelRefusedError:
+            # Counted and logged where it was checked (model_store); it is not tried again until
+            # it is published again, and the running model stays.
+            self._refused.add(published)
+            _LOGGER.error("beam_qa did not switch to %s: it was refused; the model in place stays (%s)", directory,
+                          self.directory or "none yet: an older one is tried")
+            return False
         with self._lock:
             previous, self._directory, self._current = self._directory, directory, loaded
         if previous is not None:
             metrics.MODEL_SWAPS.inc()
             self._evict(previous)
             _LOGGER.info("beam_qa switched to model %s (was %s)", directory, previous)
+        return True
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):

@@ -13,14 +13,18 @@ from collections.abc import Iterable
 from beam_qa.records import AnsweredFile, FileEvent, FileFailure
 
 # A new attempt starts when there is no record, or the record is unfinished and its lease
-# has expired (the attempt ended without a final record, or its worker died).
+# has expired (the attempt ended without a final record, or its worker died). Every attempt
+# counts, a silent one too: after max_attempts the next claim is number max_attempts + 1 and
+# stays so, and it only records the failure (``gave_up``); it keeps attempt_error, how the last
+# real attempt ended.
 CLAIM = """
 INSERT INTO qa_files (source_uri, source_generation, status, attempt, claim_token, lease_until,
                       chunks_done, received_at)
 VALUES (%(uri)s, %(generation)s, 'received', 1, %(token)s, now() + make_interval(secs => %(lease)s), 0, now())
 ON CONFLICT (source_uri, source_generation) DO UPDATE SET
-    attempt = qa_files.attempt + 1, claim_token = EXCLUDED.claim_token, lease_until = EXCLUDED.lease_until,
-    chunk_count = NULL, chunks_done = 0, row_count = NULL
+    attempt = LEAST(qa_files.attempt + 1, %(give_up_at)s), claim_token = EXCLUDED.claim_token,
+    lease_until = EXCLUDED.lease_until, chunk_count = NULL, chunks_done = 0, row_count = NULL,
+    attempt_error = CASE WHEN qa_files.attempt + 1 >= %(give_up_at)s THEN qa_files.attempt_error END
 WHERE qa_files.status = 'received' AND (qa_files.lease_until IS NULL OR qa_files.lease_until < now())
 RETURNING attempt
 """
@@ -53,13 +57,28 @@ RETURNING f.source_uri, f.source_generation, f.attempt
 """
 
 RELEASE = """
-UPDATE qa_files SET lease_until = now()
+UPDATE qa_files SET lease_until = now(), attempt_error = coalesce(%s, attempt_error)
 WHERE source_uri = %s AND source_generation = %s AND attempt = %s AND status = 'received'
 """
 
 FILE_STATE = """
 SELECT status, attempt FROM qa_files WHERE source_uri = %s AND source_generation = %s
 """
+
+ATTEMPT_ERROR = """
+SELECT attempt_error FROM qa_files WHERE source_uri = %s AND source_generation = %s
+"""
+
+# How an attempt that recorded no outcome ended, for the give-up reason ("the last one ended with …").
+LEASE_EXPIRED = ("its lease expiring: its worker stopped renewing it (killed, out of memory or stalled) "
+                 "before it recorded an outcome")
+GIVEN_BACK = "its worker giving the file back after a failure (see the worker log)"
+
+
+def gave_up_reason(attempts: int, ending: str | None) -> str:
+    """The ``gave_up`` failure's message: how many attempts, and how the last one ended."""
+    return (f"gave up after {attempts} attempts; the last one ended with {ending or LEASE_EXPIRED}; "
+            "the file is kept under the error prefix: check it, then upload a fixed copy")
 
 MARK_DONE = """
 UPDATE qa_files SET status = 'done', row_count = %s, error = NULL, output_uri = %s, model = %s,
@@ -87,9 +106,10 @@ class AttemptQueries:
 
         Returns:
             The attempt number, or None when the version is finished or held by a live attempt.
+            A number over ``settings.max_attempts`` means: give up (``gave_up_reason``).
         """
         params = {"uri": event.uri, "generation": event.generation, "token": event.trigger or None,
-                  "lease": self.settings.lease_secs}
+                  "lease": self.settings.lease_secs, "give_up_at": self.settings.max_attempts + 1}
 
         def work(conn) -> int | None:
             row = conn.execute(CLAIM, params).fetchone()
@@ -121,10 +141,21 @@ class AttemptQueries:
                 RENEW_LEASES, (self.settings.lease_secs, uris, generations, attempts)).fetchall()},
             retry_secs=min(self.settings.retry_secs, self.settings.lease_secs / 3))
 
-    def release(self, event: FileEvent, attempt: int) -> None:
-        """Ends the attempt's lease now, so that the sweeper may start another one."""
+    def release(self, event: FileEvent, attempt: int, ending: str | None = GIVEN_BACK) -> None:
+        """Ends the attempt's lease now, so that the sweeper may start another one.
+
+        Args:
+            ending: how the attempt ended, a phrase that completes "the last one ended with …";
+                None keeps what is recorded (a give-up attempt keeps the last real attempt's).
+        """
         self._run("releasing a lease", lambda conn: conn.execute(
-            RELEASE, (event.uri, event.generation, attempt)))
+            RELEASE, (ending, event.uri, event.generation, attempt)))
+
+    def attempt_ending(self, event: FileEvent) -> str | None:
+        """How the version's last attempt ended when its worker gave it back; None when its lease expired."""
+        row = self._run("reading how an attempt ended", lambda conn: conn.execute(
+            ATTEMPT_ERROR, (event.uri, event.generation)).fetchone())
+        return row[0] if row else None
 
     # -- answers ----------------------------------------------------------------------------
     def file_state(self, event: FileEvent) -> tuple[str, int] | None:

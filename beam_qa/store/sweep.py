@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from beam_qa.store.attempts import DROP_CHUNKS
 
-# Versions the sweeper must leave alone: finished, or held by a live attempt.
+# Versions the sweeper must not start: finished, or held by a live attempt. ``leftover``: the
+# version is finished and its outcome is kept elsewhere (the answers, or the copy under the error
+# prefix), so a source still listed is one whose delete failed.
 NOT_CLAIMABLE = """
-SELECT source_uri, source_generation FROM qa_files
+SELECT source_uri, source_generation,
+       status = 'done' OR (status = 'failed' AND output_uri IS NOT NULL) AS leftover
+FROM qa_files
 WHERE source_uri = ANY(%s) AND (status IN ('done', 'failed') OR lease_until > now())
 """
 
@@ -35,10 +39,16 @@ def _like_prefix(prefix: str) -> str:
 class SweepQueries:
     """The sweeper's statements of ``PostgresStore`` (needs its ``_run``)."""
 
-    def not_claimable(self, uris: list[str], retry_secs: float) -> set[tuple[str, int]]:
-        """The ``(uri, generation)`` pairs among ``uris`` that are finished or held by a live lease."""
+    def not_claimable(self, uris: list[str], retry_secs: float) -> dict[tuple[str, int], bool]:
+        """The ``(uri, generation)`` pairs among ``uris`` that are finished or held by a live lease.
+
+        Returns:
+            Each pair, with True when it is finished and its source may be deleted (its answers, or
+            its copy under the error prefix, are kept).
+        """
         return self._run("listing finished files", lambda conn: {
-            (uri, int(generation)) for uri, generation in conn.execute(NOT_CLAIMABLE, (uris,)).fetchall()},
+            (uri, int(generation)): bool(leftover)
+            for uri, generation, leftover in conn.execute(NOT_CLAIMABLE, (uris,)).fetchall()},
             retry_secs=retry_secs)
 
     def abandon_missing(self, uri_prefix: str, live: list[tuple[str, int]], grace_secs: float,

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from beam_qa.dev.stack import Stack, StackConfig, _http
+from devtools.stack import Stack, StackConfig, _http
 from tests.conftest import fresh_database, query
 
 DEADLINE_SECS = 10.0

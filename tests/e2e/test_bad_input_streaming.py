@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.bad_input_cases import CASES, MAX_ROWS, SQL_PAYLOADS, check_outcome, sql_metacharacter_case
+from tests.bad_input_cases import CASES, MAX_ROWS, SQL_PAYLOADS, check_outcome, gzip_bomb, sql_metacharacter_case
 from tests.conftest import query, squad_csv
 from tests.e2e.support import running_stack
 
@@ -89,6 +89,35 @@ def test_sql_metacharacters_in_the_object_name_and_every_cell_are_stored_verbati
         ("qa_answers", "qa_files")]
     assert query(stack.config.pg_dsn, "SELECT count(*) FROM qa_answers WHERE source_uri = %s",
                  (uri,)) == [(len(SQL_PAYLOADS),)]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def test_a_gzip_bomb_fails_in_bounded_memory_and_the_next_file_is_answered(stack, bucket):
+    """1.5 GiB once inflated, 1.5 MB stored: the pipeline reads 50 MiB (--max_file_bytes) of it, no more."""
+    pid = stack.procs["pipeline"].pid
+    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as clear:
+        clear.write("5")  # resets VmHWM to the current resident size: what follows is this file's
+    before = _peak_rss_mib(pid)
+    bomb = bucket.blob("incoming/bomb/inflates.csv")
+    bomb.content_encoding = "gzip"
+    bomb.upload_from_string(gzip_bomb(1536), content_type="text/csv")
+    uri = f"gs://{bucket.name}/{bomb.name}"
+    assert _wait_final(stack, uri, bomb.generation) == "failed"
+    grown = _peak_rss_mib(pid) - before
+    (kind, error), = query(stack.config.pg_dsn, "SELECT error_kind, error FROM qa_files WHERE source_uri = %s",
+                           (uri,))
+    assert kind == "too_large" and "once inflated (it is stored with Content-Encoding: gzip)" in error, error
+    print(f"gzip bomb: the pipeline's peak memory grew by {grown:.0f} MiB")
+    assert grown < 600, f"the pipeline's peak memory grew by {grown:.0f} MiB"
+    good = bucket.blob("incoming/bomb/after.csv")
+    good.upload_from_string(squad_csv(10, 3), content_type="text/csv")
+    assert _wait_final(stack, f"gs://{bucket.name}/{good.name}", good.generation) == "done"
+    assert stack.procs["pipeline"].poll() is None
 
 
 def test_the_pipeline_log_carries_no_cell_content(stack, bucket):

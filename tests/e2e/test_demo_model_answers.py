@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from beam_qa.dev import demo_model
-from beam_qa.dev.squad_eval import normalize_answer
+from devtools import demo_model
+from devtools.squad_eval import normalize_answer
 from tests.conftest import csv_bytes
 from tests.upload.conftest import log_tail
 from tests.upload.test_browser import page, row, wait_for_rows  # noqa: F401  (page: the chromium fixture)

@@ -6,10 +6,12 @@ proxies owned by the test:
 
 - ``TcpProxy`` between the pipeline and PostgreSQL, which the test cuts and restores;
 - ``GcsProxy``, an HTTP proxy in front of fake-gcs-server that answers 503 to uploads of chosen
-  answers CSVs while told to, and forwards everything else unchanged.
+  answers CSVs while told to (403 to deletes, or holds downloads, of chosen objects), and forwards
+  everything else unchanged.
 
 The pipeline runs with a short sweep (every 5 s, grace 20 s) and a short lease (10 s) so that the
-sweeper's retries happen within the test. Deletes and CSV writes are counted from fake-gcs-server's own OBJECT_DELETE and
+sweeper's retries happen within the test. The GCS proxy can also refuse deletes (403, which the
+client does not retry) and hold an object's download until told (a worker that hangs on a file). Deletes and CSV writes are counted from fake-gcs-server's own OBJECT_DELETE and
 OBJECT_FINALIZE notifications, read from an extra "audit" subscription on its topic.
 
 The model is the tiny test model with one token, ``qqboomqq``, added to its tokenizer but not to
@@ -34,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from beam_qa.dev.stack import Stack, StackConfig
+from devtools.stack import Stack, StackConfig
 from tests.conftest import (
     PG_BASE_DSN, POISON, csv_bytes, fresh_database, poisoned_model, query, read_csv_text, squad_csv)
 from tests.e2e.support import (
@@ -133,6 +135,9 @@ class GcsProxy:
         self._lock = threading.Lock()
         self._failing: str | None = None
         self.failures: list[str] = []
+        self._denied_deletes: str | None = None
+        self._stalled_reads: str | None = None
+        self._unstall = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,6 +154,12 @@ class GcsProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if proxy._should_deny(self.command, self.path):
+                    self.send_response(403, "Forbidden (injected by the test)")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                proxy._stall_if_asked(self.command, self.path)
                 conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
@@ -187,6 +198,40 @@ class GcsProxy:
             self.failures.append(hit)
         return True
 
+    @staticmethod
+    def _object_name(path: str) -> str:
+        """The object name of an object URL (``.../b/BUCKET/o/NAME?...``), or ""."""
+        parts = urllib.parse.urlsplit(path).path.split("/o/", 1)
+        return urllib.parse.unquote(parts[1]) if len(parts) == 2 else ""
+
+    def _should_deny(self, method: str, path: str) -> bool:
+        with self._lock:
+            prefix = self._denied_deletes
+        return prefix is not None and method == "DELETE" and self._object_name(path).startswith(prefix)
+
+    def _stall_if_asked(self, method: str, path: str) -> None:
+        """Holds a media download of a stalled object until ``unstall()``: its reader waits, like a worker that hangs."""
+        with self._lock:
+            prefix = self._stalled_reads
+        if (prefix is not None and method == "GET" and "alt=media" in path
+                and self._object_name(path).startswith(prefix)):
+            self._unstall.wait(timeout=600)
+
+    def deny_deletes(self, prefix: str | None) -> None:
+        """Answers 403 (not retried by the client) to deletes of objects under ``prefix``; None stops."""
+        with self._lock:
+            self._denied_deletes = prefix
+
+    def stall_reads(self, prefix: str) -> None:
+        with self._lock:
+            self._stalled_reads = prefix
+        self._unstall.clear()
+
+    def unstall(self) -> None:
+        with self._lock:
+            self._stalled_reads = None
+        self._unstall.set()
+
     def fail_uploads(self, prefix: str) -> None:
         with self._lock:
             self._failing = prefix
@@ -201,6 +246,7 @@ class GcsProxy:
             return len(self.failures)
 
     def close(self) -> None:
+        self.unstall()
         self._server.shutdown()
         self._server.server_close()
 
@@ -407,7 +453,7 @@ def test_a_failing_answers_csv_write_is_retried_and_the_source_stays_until_it_su
 
 
 def test_a_row_the_model_fails_on_becomes_a_row_error_and_the_stream_goes_on(faults):
-    from beam_qa.dev.squad import squad_rows
+    from devtools.squad import squad_rows
     rows = [[r["id"], r["question"], r["context"]] for r in squad_rows(812)[800:812]]
     rows[6][2] = f"{POISON} {rows[6][2]}"
     blob = upload(faults.bucket, "incoming/model/poisoned.csv", csv_bytes(["id", "question", "context"], rows))
@@ -504,3 +550,61 @@ def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_whi
                      restarted_log), restarted_log[-3000:]
     assert f"retrying {uri}#{big.generation} as attempt 2" in restarted_log
     assert len(read_csv_text(faults.bucket.blob(_answers_name(big)).download_as_text())) == rows
+
+
+def test_a_done_file_whose_delete_failed_is_deleted_by_the_next_sweep(faults):
+    faults.gcs_proxy.deny_deletes("incoming/leftover/")
+    try:
+        blob = upload(faults.bucket, "incoming/leftover/kept.csv", squad_csv(1500, 3))
+        uri = faults.uri(blob)
+        wait_for_status(faults.services, uri, blob.generation, "done", timeout=60)
+        _wait_until(lambda: f"could not delete {uri}#{blob.generation}" in faults.log(),
+                    "the delete did not fail", 30, faults)
+        assert faults.bucket.get_blob(blob.name).generation == blob.generation  # answered, left behind
+    finally:
+        faults.gcs_proxy.deny_deletes(None)
+    # Once it is older than the sweep's grace, the next sweep finds it done and deletes it.
+    wait_gone(faults.bucket, blob.name, timeout=120)
+    assert f"deleted {uri}#{blob.generation}: it is finished, and its own delete had failed" in faults.log()
+    assert query(faults.dsn, "SELECT status, attempt FROM qa_files WHERE source_uri = %s", (uri,)) == [("done", 1)]
+    assert _row_counts(faults, uri) == (3, 3)
+
+
+def _kill_pipeline(faults: Faults) -> None:
+    proc = faults.pipeline.procs.pop("pipeline")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_file_that_kills_its_worker_every_time_fails_after_max_attempts_and_the_stream_goes_on(faults):
+    """Every attempt at the file hangs reading it and its worker is killed: attempts 1 to 3 end without a word.
+
+    The fourth claim (a restarted pipeline's sweeper) gives up: the file is failed with the reason,
+    moved under errors/ and its source deleted, without being read again.
+    """
+    name = "incoming/poison/kills.csv"
+    data = squad_csv(1600, 2)
+    faults.gcs_proxy.stall_reads(name)
+    try:
+        blob = upload(faults.bucket, name, data)
+        uri = faults.uri(blob)
+        for attempt in (1, 2, 3):
+            _wait_until(lambda: query(faults.dsn, "SELECT status, attempt FROM qa_files WHERE source_uri = %s",
+                                      (uri,)) == [("received", attempt)],
+                        f"attempt {attempt} did not start", 180, faults)
+            _kill_pipeline(faults)  # while it waits on the file: the worker dies with the attempt
+            faults.pipeline.start_pipeline(faults.model)
+        wait_for_status(faults.services, uri, blob.generation, "failed", timeout=180)
+    finally:
+        faults.gcs_proxy.unstall()
+    (kind, error, output, attempt), = query(
+        faults.dsn, "SELECT error_kind, error, output_uri, attempt FROM qa_files WHERE source_uri = %s", (uri,))
+    assert kind == "gave_up" and attempt == 4
+    assert error.startswith("gave up after 3 attempts; the last one ended with its lease expiring"), error
+    assert output == f"gs://{faults.bucket.name}/errors/poison/kills.{blob.generation}.csv"
+    assert faults.bucket.blob(output.split("/", 3)[3]).download_as_bytes() == data
+    wait_gone(faults.bucket, name, timeout=30)
+    assert f"giving up on {uri}#{blob.generation} after 3 attempts" in faults.log()
+    after = upload(faults.bucket, "incoming/poison/after.csv", squad_csv(1610, 3))
+    wait_for_status(faults.services, faults.uri(after), after.generation, "done", timeout=120)
+    assert faults.pipeline.procs["pipeline"].poll() is None

@@ -1,14 +1,16 @@
 """A new model without stopping the stream, on the real local stack.
 
 Model A is published under ``gs://BUCKET/models/`` before the pipeline starts; files are answered
-by A. Model B (other weights) is then published beside it, ``config.json`` last, while the
+by A. Model B (other weights) is then published beside it, its manifest last, while the
 pipeline runs: once the workers have switched, later files are answered by B and their rows say
 so. Nothing is lost or doubled, every row names a complete model, and each version is loaded once
-in the pipeline's process.
+in the pipeline's process. A model C whose weights were changed after its manifest was written
+is then refused: files go on being answered by B.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from beam_qa.dev.stack import Stack, StackConfig
+from beam_qa.qa import model_manifest
+from devtools.stack import Stack, StackConfig
 from tests.conftest import fresh_database, query, squad_csv
 from tests.e2e.support import free_port, stack_environment, upload, wait_for_status
 
@@ -25,17 +28,23 @@ pytestmark = pytest.mark.e2e
 WATCH_SECS = 1
 
 
-def publish_model(bucket, prefix: str, local: Path) -> str:
-    """Copies a model directory to ``gs://BUCKET/PREFIX/``, config.json last (what marks it published)."""
+def publish_model(bucket, prefix: str, local: Path, replace: dict[str, bytes] | None = None) -> str:
+    """Copies a model directory to ``gs://BUCKET/PREFIX/``, its manifest last (what marks it published).
+
+    ``replace``: files overwritten after the manifest was made (a tampered model).
+    """
+    manifest = json.dumps(model_manifest.build(local)).encode()
     files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for path in sorted(files, key=lambda p: p.name == "config.json"):
-        bucket.blob(f"{prefix}/{path.relative_to(local)}").upload_from_filename(str(path))
+    for path in files:
+        name = path.relative_to(local).as_posix()
+        bucket.blob(f"{prefix}/{name}").upload_from_string((replace or {}).get(name) or path.read_bytes())
+    bucket.blob(f"{prefix}/{model_manifest.MANIFEST}").upload_from_string(manifest)
     return f"gs://{bucket.name}/{prefix}"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_model):
-    from beam_qa.dev.tiny_model import build_model
+    from devtools.tiny_model import build_model
     second = build_model(tmp_path_factory.mktemp("model-b") / "tiny", "tiny", seed=1)
     first = tmp_path_factory.mktemp("model-a") / "tiny"
     shutil.copytree(tiny_model, first)
@@ -49,7 +58,7 @@ def stack(tmp_path_factory, models):
         project="local-project", pubsub_host=f"127.0.0.1:{free_port()}", gcs_url=f"http://127.0.0.1:{free_port()}",
         bucket="qa-models", topic="qa-models-uploads", subscription="qa-models-pipeline",
         pg_dsn=fresh_database("beam_qa_model_update"), model="unused", run_dir=tmp_path_factory.mktemp("run-models"),
-        pipeline_args=["--model_watch_pattern=gs://qa-models/models/*/config.json",
+        pipeline_args=[f"--model_watch_pattern=gs://qa-models/models/*/{model_manifest.MANIFEST}",
                        f"--model_watch_interval_secs={WATCH_SECS}"])
     running = Stack(config)
     with stack_environment(config):
@@ -106,3 +115,22 @@ def test_files_after_a_new_model_is_published_are_answered_by_it(stack, models):
     assert len(re.findall(rf"beam_qa model loaded: {re.escape(model_b)}@", text)) == 1
     assert query(stack.config.pg_dsn, "SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM qa_files") == [
         (6, 6)]
+
+
+def test_a_model_that_fails_its_manifest_is_refused_while_answers_go_on_with_the_current_one(stack, models):
+    log = stack.config.run_dir / "pipeline.log"
+    current = set().union(*_answer_and_check(stack, ["c0"], 200).values())
+    assert len(current) == 1
+    tampered = publish_model(stack.bucket, "models/2026-11-03-c", models[0],
+                             replace={"model.safetensors": (models[1] / "model.safetensors").read_bytes()})
+    deadline = time.monotonic() + 60
+    while f"refused the model {tampered}" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{tampered} was not refused:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    after = _answer_and_check(stack, ["c1", "c2"], 300)
+    assert set().union(*after.values()) == current  # the model in place answers
+    text = log.read_text(errors="replace")
+    assert "model.safetensors does not match its manifest" in text
+    assert f"beam_qa model loaded: {tampered}@" not in text and f"switched to model {tampered}" not in text
+    time.sleep(3 * WATCH_SECS)
+    assert log.read_text(errors="replace").count(f"refused the model {tampered}") == 1  # not fetched again

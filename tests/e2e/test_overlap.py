@@ -25,8 +25,8 @@ import time
 
 import pytest
 
-from beam_qa.dev.stack import Stack
-from beam_qa.dev.squad import squad_rows
+from devtools.stack import Stack
+from devtools.squad import squad_rows
 from tests.conftest import csv_bytes, query
 from tests.e2e.support import (
     answers_name, create_subscription, publish, pull_all, running_stack, upload, wait_for_status)

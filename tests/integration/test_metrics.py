@@ -50,7 +50,9 @@ PASSWORD = "pw-9f2c1e-never-log-me"
 # or by the streaming sweeper; checked in the code by name.
 NOT_INDUCED = {"read_failures", "events_ignored_gone", "file_errors_source_gone", "sink_failures_postgres",
                "delete_failures", "sweeps", "files_swept", "files_abandoned", "sweep_failures", "files_retried",
-               "chunks_superseded", "rows_stale", "row_errors_no_answer", "model_swaps"}
+               "chunks_superseded", "rows_stale", "row_errors_no_answer", "model_swaps",
+               # tests/integration/test_hostile_input.py and the e2e tests drive these
+               "file_errors_gave_up", "leftovers_deleted", "models_refused"}
 
 def read_metrics(result) -> tuple[dict[str, int], dict[str, dict]]:
     """Counters (summed over steps) and distributions (merged over steps) in the beam_qa namespace."""
@@ -109,6 +111,7 @@ def main_run(tmp_path_factory, own_model):
         "missing.csv": b"question,ctx\nq,c\n",
         "malformed.csv": b'question,context\n"unterminated,ctx\n',
         "header_only.csv": b"question,context\n",
+        "wide.csv": ",".join(["question", "context"] + [f"c{i}" for i in range(999)]).encode() + b"\nq,c\n",
         "notes.txt": b"not a csv",
     }
     for name, data in files.items():
@@ -274,13 +277,13 @@ def test_every_documented_metric_is_emitted(main_run, notification_run, failing_
 
 def test_file_and_row_figures(main_run):
     counters = main_run["counters"]
-    assert counters["files_matched"] == 11
-    assert counters["files_claimed"] == 11
+    assert counters["files_matched"] == 12
+    assert counters["files_claimed"] == 12
     assert counters["files_received"] == 2
     assert counters["files_done"] == 2
-    assert counters["files_failed"] == 9
+    assert counters["files_failed"] == 10
     for kind in ("too_large", "too_many_rows", "not_utf8", "binary", "empty", "duplicate_columns",
-                 "missing_columns", "malformed_csv", "no_rows"):
+                 "missing_columns", "too_many_columns", "malformed_csv", "no_rows"):
         assert counters[f"file_errors_{kind}"] == 1, kind
     assert counters["rows_read"] == 12
     assert counters["rows_answered"] == 7  # 6 good rows + the one answerable row
@@ -295,7 +298,7 @@ def test_file_and_row_figures(main_run):
     assert counters["files_completed"] == 2
     assert counters["chunks_started"] == 2
     assert query(main_run["dsn"], "SELECT status, count(*) FROM qa_files GROUP BY 1 ORDER BY 1") == [
-        ("done", 2), ("failed", 9)]
+        ("done", 2), ("failed", 10)]
 
 
 def test_latency_and_run_inference_figures(main_run):
@@ -346,7 +349,7 @@ def test_status_line_reports_the_same_figures(main_run):
     lines = [line for line in main_run["logs"] if "beam_qa status (final):" in line]
     assert len(lines) == 1, main_run["logs"][-5:]
     line = lines[0]
-    assert "files done 2 of 11, failed 9" in line
+    assert "files done 2 of 12, failed 10" in line
     assert re.search(r"rows answered 7 \(\d+\.\d rows/s\), row errors 5", line), line
     assert re.search(r"upload-to-answer mean \d+\.\ds max \d+\.\ds", line), line
     assert "rows committed 12 of 12 read, time left 0m00s" in line

@@ -16,8 +16,8 @@ import time
 import psycopg
 import pytest
 
-from beam_qa.dev.squad import squad_rows
 from beam_qa.launch import run
+from devtools.squad import squad_rows
 from tests import handlers
 from tests.conftest import fresh_database, query
 

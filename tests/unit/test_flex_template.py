@@ -59,14 +59,15 @@ CASES: dict[str, tuple[list[str], list[tuple[str, str | None]]]] = {
     "max_file_bytes": (["52428800", "1"], [("0", None), ("-5", None), ("50MiB", None)]),
     "max_rows": (["200000", "1"], [("0", None), ("1e6", None)]),
     "max_context_chars": (["100000", "1"], [("0", None), ("100k", None)]),
+    "max_columns": (["1000", "1", "200000"], [("0", None), ("-1", None), ("1k", None)]),
     "chunk_size": (["64", "1", "512"], [("0", None), ("-64", None), ("6.4", None)]),
     "model": (
         ["distilbert/distilbert-base-cased-distilled-squad", "gs://my-bucket/models/qa/", "/opt/beam_qa/model"],
         [("", "empty"), ("my model", "whitespace is never part of a model id or path")]),
     "model_watch_pattern": (
-        ["gs://my-bucket/models/*/config.json", "gs://my-bucket/qa/**/config.json"],
-        [("gs://my-bucket/models/*", "must name config.json files"), ("/opt/models/*/config.json", "a local path"),
-         ("models/*/config.json", "not a gs:// URI")]),
+        ["gs://my-models/models/*/beam_qa_manifest.json", "gs://my-models/qa/**/beam_qa_manifest.json"],
+        [("gs://my-models/models/*", None), ("gs://my-models/models/*/config.json", None),
+         ("/opt/models/*/beam_qa_manifest.json", "a local path"), ("models/*/beam_qa_manifest.json", "not a gs:// URI")]),
     "model_watch_interval_secs": (["60", "0.5"], [("0", None), ("-60", None), ("1m", None)]),
     "device": (["auto", "cpu", "cuda"], [("gpu", None), ("CUDA", None)]),
     "runtime": (["auto", "torch", "onnxruntime"], [("ort", None), ("TORCH", None)]),
@@ -84,6 +85,7 @@ CASES: dict[str, tuple[list[str], list[tuple[str, str | None]]]] = {
     "inference_threads": (["0", "1", "8"], [("-1", None), ("auto", None)]),
     "pg_pool_size": (["4", "1"], [("0", None), ("four", None)]),
     "lease_secs": (["120", "0.5", "30.25"], [("0", None), ("0.0", None), ("-5", None), ("2m", None)]),
+    "max_attempts": (["3", "1", "10"], [("0", None), ("-3", None), ("three", None)]),
     "pg_password_secret": (
         ["projects/my-project/secrets/beam-qa-pg-password/versions/latest"],
         [("projects/my-project/secrets/beam-qa-pg-password", None), ("beam-qa-pg-password", None)]),

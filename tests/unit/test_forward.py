@@ -16,7 +16,7 @@ def loaded(tiny_model):
 
 
 def _batch():
-    from beam_qa.dev.squad import squad_rows
+    from devtools.squad import squad_rows
     rows = [(r["question"], r["context"]) for r in squad_rows(limit=40)]
     rows.append(("Which token?", " ".join(f"token{i}" for i in range(900))))  # several windows
     return rows

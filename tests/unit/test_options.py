@@ -74,7 +74,7 @@ def test_max_batch_size_defaults_by_device(extra, expected):
 
 
 def test_the_dev_stack_never_prints_or_passes_a_database_password():
-    from beam_qa.dev.stack import Stack, StackConfig, redacted_dsn
+    from devtools.stack import Stack, StackConfig, redacted_dsn
     dsn = "host=127.0.0.1 dbname=beam_qa user=qa password=s3cret-pw"
     assert "s3cret-pw" not in redacted_dsn(dsn) and "password=***" in redacted_dsn(dsn)
     assert redacted_dsn("postgresql://qa:s3cret-pw@db/beam_qa").count("s3cret-pw") == 0
@@ -104,7 +104,7 @@ def test_the_handler_is_built_from_one_model_settings_object(monkeypatch):
     monkeypatch.setattr(launch, "usable_cpus", lambda: 4)
     opts = parse_options(BASE + ["--input_pattern=x", "--precision=bf16", "--runtime=torch", "--max_seq_len=256",
                                  "--max_batch_size=8", "--max_batch_duration_secs=2", "--direct_num_workers=2",
-                                 "--model_watch_pattern=gs://b/models/*/config.json", "--gcs_anonymous"])
+                                 "--model_watch_pattern=gs://b/models/*/beam_qa_manifest.json", "--gcs_anonymous"])
     config = from_options(opts, model=opts.model, concurrency=launch.model_concurrency(opts))
     settings = config.model
     assert (settings.precision, settings.runtime, settings.max_seq_len) == ("bf16", "torch", 256)
@@ -116,4 +116,4 @@ def test_the_handler_is_built_from_one_model_settings_object(monkeypatch):
     assert (handler.settings.precision, handler.settings.runtime, handler.settings.max_seq_len) == (
         "bf16", "torch", 256)
     assert (handler.settings.inference_threads, handler.settings.concurrent_calls) == (2, 2)
-    assert handler.settings.watch_pattern == "gs://b/models/*/config.json" and handler._storage.anonymous
+    assert handler.settings.watch_pattern == "gs://b/models/*/beam_qa_manifest.json" and handler._storage.anonymous

@@ -92,6 +92,63 @@ def test_setup_py_keeps_each_part_to_its_extra(extra, forbidden):
 
 
 def test_make_install_installs_every_part_for_development():
+    """make install takes the dev lock, which resolves all three extras, then beam-qa itself."""
+    from devtools.locks import LOCKS
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    assert "-e '.[pipeline,upload,dev]'" in makefile
+    assert "pip install --progress-bar on --require-hashes --no-deps -r requirements/dev.txt" in makefile
+    assert "pip install --quiet --no-deps -e ." in makefile
+    assert LOCKS["dev"] == ("pipeline", "upload", "dev")
     assert set(extras()) == {"", "pipeline", "upload", "dev"}
+
+
+# Lists, from inside a virtualenv, what the beam-qa distribution installed there.
+INSTALLED_FILES = """
+import json, sys
+from importlib import metadata
+dist = metadata.distribution("beam-qa")
+print(json.dumps({"files": [str(f) for f in dist.files],
+                  "top_level": (dist.read_text("top_level.txt") or "").split(),
+                  "requires": dist.requires or []}))
+"""
+
+
+def test_the_worker_images_install_ships_no_development_tools(tmp_path):
+    """``pip install .[pipeline]`` in a clean virtualenv, as Dockerfile.worker does: no devtools/.
+
+    The wheel is built from a copy of this checkout (devtools/ included) with this venv's locked
+    setuptools, then installed into a new virtualenv with --no-deps: the dependencies the extra
+    would bring are the pipeline lock's, which tests/unit/test_locks.py keeps free of dev tools.
+    """
+    import json
+    import shutil
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".run", ".cache", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    assert (source / "devtools" / "stack.py").exists()
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(wheels), str(source)], check=True, timeout=300, capture_output=True)
+    (wheel,) = wheels.glob("beam_qa-*.whl")
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "venv", str(clean)], check=True, timeout=300)
+    python = clean / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", f"{wheel}[pipeline]"],
+                   check=True, timeout=300, capture_output=True)
+
+    # Run outside the checkout, so nothing is importable from it.
+    found = json.loads(subprocess.run([str(python), "-c", INSTALLED_FILES], cwd=tmp_path, capture_output=True,
+                                      text=True, check=True, timeout=120).stdout)
+    assert sorted(found["top_level"]) == ["beam_qa", "upload_service"]
+    packaged = {name.split("/")[0] for name in found["files"] if not name.startswith(("beam_qa-", "../"))}
+    assert packaged == {"beam_qa", "upload_service"}, packaged
+    assert not [name for name in found["files"] if name.startswith(("devtools/", "beam_qa/dev/"))]
+    assert any(name == "beam_qa/pipeline.py" for name in found["files"])
+    for module in ("devtools", "devtools.stack", "beam_qa.dev"):
+        result = subprocess.run([str(python), "-c", f"import {module}"], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr, (module, result.stderr)
+    # The extra the image asks for names no development tool either.
+    pipeline = {canonicalize_name(Requirement(line).name) for line in found["requires"]
+                if "extra ==" not in line or 'extra == "pipeline"' in line}
+    dev_only = extras()["dev"] - extras()["pipeline"] - extras()[""]
+    assert dev_only and not pipeline & dev_only, sorted(pipeline & dev_only)

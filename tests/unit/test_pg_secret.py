@@ -10,6 +10,7 @@ import pytest
 from apache_beam.internal import pickler
 
 from beam_qa import runtime, secret_manager
+from beam_qa.errors import UsageError
 from beam_qa.launch import parse_options
 from beam_qa.settings import PostgresSettings
 from beam_qa.store.postgres import PostgresStore
@@ -99,3 +100,23 @@ def test_the_secret_name_is_the_only_trace_in_the_options(fake_secret):
     assert opts.pg_password_secret == SECRET
     assert PASSWORD not in repr(opts.get_all_options())
     assert fake_secret == []
+
+
+DATAFLOW = ["--input_pattern=gs://b/incoming/*.csv", "--runner=DataflowRunner", "--project=p", "--region=us-central1",
+            "--temp_location=gs://b/tmp", "--sdk_container_image=example.com/beam-qa-worker:1"]
+
+
+@pytest.mark.parametrize("dsn", ["host=db dbname=d user=u password=hunter2", "postgresql://u:hunter2@db/d",
+                                 "postgresql://u@db/d?password=hunter2"])
+def test_a_dsn_with_a_password_is_refused_on_dataflow(dsn):
+    """Dataflow stores the job's options and shows them in its console: the password goes to Secret Manager."""
+    with pytest.raises(UsageError) as info:
+        parse_options(DATAFLOW + [f"--pg_dsn={dsn}"])
+    assert "--pg_password_secret" in str(info.value) and "hunter2" not in str(info.value)
+    assert parse_options(DATAFLOW + ["--pg_dsn=host=db dbname=d user=u", f"--pg_password_secret={SECRET}"])
+    assert parse_options(["--input_pattern=x", f"--pg_dsn={dsn}"]).pg_dsn == dsn  # a local run may
+
+
+def test_a_dsn_that_is_not_one_is_a_usage_error():
+    with pytest.raises(UsageError, match="--pg_dsn is not a libpq connection string"):
+        parse_options(DATAFLOW + ["--pg_dsn=host='unterminated"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from beam_qa.dev import squad_eval
-from beam_qa.dev.squad_eval import SquadQuestion
+from devtools import squad_eval
+from devtools.squad_eval import SquadQuestion
 
 
 def question(*answers: str) -> SquadQuestion:

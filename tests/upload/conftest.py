@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ import httpx
 
 import pytest
 
-from beam_qa.dev.stack import _http, _port_open, fake_gcs_binary
+from devtools.stack import _http, _port_open, fake_gcs_binary
 from tests.conftest import fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,11 +66,23 @@ def upload_db() -> str:
     return fresh_database("beam_qa_upload_api")
 
 
+# The test clients and their keys; the service is configured with the hashes only.
+KEYS = {"alice": "alice-" + "k" * 40, "bob": "bob-" + "k" * 40}
+API_KEYS = ",".join(f"{name}={hashlib.sha256(key.encode()).hexdigest()}" for name, key in KEYS.items())
+
+
+def key_header(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
 @pytest.fixture
 def make_client(fake_gcs_url, upload_db, request):
     """Builds a TestClient for a new app whose settings point at fake-gcs-server and PostgreSQL.
 
-    Each call gets its own empty bucket; keyword arguments override Settings fields.
+    Each call gets its own empty bucket; keyword arguments override Settings fields. The app knows
+    the clients of ``KEYS`` and applies the schema migrations itself; the TestClient sends alice's
+    key unless ``as_client`` names another client, or None for no key. ``client.as_(name)`` is
+    another TestClient on the same app that sends ``name``'s key (None: no key).
     """
     from fastapi.testclient import TestClient
     from upload_service.core.config import Settings, get_settings
@@ -77,16 +90,24 @@ def make_client(fake_gcs_url, upload_db, request):
 
     opened = []
 
-    def build(**overrides):
+    def build(as_client: str | None = "alice", **overrides):
         bucket = f"qa-upload-{len(opened)}-{os.urandom(4).hex()}"
         create_bucket(fake_gcs_url, bucket)
-        settings = Settings(**{"bucket": bucket, "gcs_url": fake_gcs_url, "pg_dsn": upload_db,
-                               "backend_timeout_secs": 5.0, **overrides})
+        defaults = {"bucket": bucket, "gcs_url": fake_gcs_url, "pg_dsn": upload_db, "backend_timeout_secs": 5.0,
+                    "apply_migrations": True, "api_keys": None if overrides.get("auth") == "none" else API_KEYS}
+        settings = Settings(**{**defaults, **overrides})
         app = create_app()
         app.dependency_overrides[get_settings] = lambda: settings
-        client = TestClient(app, raise_server_exceptions=False)
+
+        def as_(name: str | None) -> TestClient:
+            # Not entered: the app's lifespan (its shared clients) belongs to the first client.
+            other = TestClient(app, raise_server_exceptions=False, headers=key_header(name) if name else {})
+            other.settings = settings
+            return other
+        client = TestClient(app, raise_server_exceptions=False, headers=key_header(as_client) if as_client else {})
         client.__enter__()
         client.settings = settings
+        client.as_ = as_
         opened.append(client)
         return client
 
@@ -113,6 +134,18 @@ def upload_stack(tmp_path_factory, tiny_model):
         yield running
 
 
+@pytest.fixture(scope="session")
+def keyed_upload(upload_stack) -> Iterator[str]:
+    """A second upload service on the same stack, as deployed: with the API keys of ``KEYS``.
+
+    The stack's own service runs as `make run` starts it (no keys: QA_AUTH=none on loopback);
+    this one tells clients apart. Its log is ``upload-keyed.log`` in the stack's run directory.
+    """
+    env = {**os.environ, **upload_stack.upload_env(), "QA_API_KEYS": API_KEYS, "QA_AUTH": None}
+    with serve(env, upload_stack.config.run_dir / "upload-keyed.log") as url:
+        yield url
+
+
 def log_tail(stack, name: str, chars: int = 3000) -> str:
     path = stack.config.run_dir / f"{name}.log"
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
@@ -121,13 +154,24 @@ def log_tail(stack, name: str, chars: int = 3000) -> str:
 @contextlib.contextmanager
 def served(fake_gcs_url: str, log_path: Path, database: str = "beam_qa_upload_served", **env: str) -> Iterator[str]:
     """``python -m upload_service`` (as deployed) on a free port, with its own bucket and database and
-    no pipeline; yields its URL, its output goes to ``log_path``; ``env`` adds QA_* settings."""
+    no pipeline; yields its URL, its output goes to ``log_path``; ``env`` adds QA_* settings (None
+    removes one)."""
     bucket = f"qa-log-{os.urandom(4).hex()}"
     create_bucket(fake_gcs_url, bucket)
     port = free_port()
-    environment = {**os.environ, "QA_BUCKET": bucket, "QA_GCS_URL": fake_gcs_url,
+    environment = {**os.environ, "QA_BUCKET": bucket, "QA_GCS_URL": fake_gcs_url, "QA_APPLY_MIGRATIONS": "true",
                    "QA_PG_DSN": fresh_database(database), "QA_UPLOAD_PORT": str(port), **env}
+    with serve(environment, log_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``python -m upload_service`` with the environment ``env`` (None values left out) on the port
+    ``QA_UPLOAD_PORT`` names, else a free one; yields its URL once /healthz answers."""
+    environment = {k: v for k, v in env.items() if v is not None}
     environment.pop("K_SERVICE", None)
+    port = environment.setdefault("QA_UPLOAD_PORT", str(free_port()))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "upload_service"], stdout=log, stderr=subprocess.STDOUT,
                                 env=environment, cwd=REPO)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.conftest import csv_bytes, query, read_csv_text
-from tests.upload.conftest import bucket_names
+from tests.upload.conftest import API_KEYS, bucket_names
 
 pytestmark = pytest.mark.integration
 
@@ -172,8 +172,8 @@ def test_sanitised_names_never_leave_their_folder():
         assert len(leaf) <= 120
 
 
-def test_auth_on_requires_the_bearer_token_except_for_health_and_the_page(make_client):
-    client = make_client(api_token="s3cret-token")
+def test_the_api_token_is_one_client_named_default(make_client):
+    client = make_client(as_client=None, api_keys=None, api_token="s3cret-token")
     missing = post(client, "q.csv", GOOD)
     assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
     assert missing.headers["www-authenticate"] == "Bearer"
@@ -191,16 +191,53 @@ def test_auth_on_requires_the_bearer_token_except_for_health_and_the_page(make_c
     auth = {"Authorization": "Bearer s3cret-token"}
     assert client.get(f"/uploads/{upload_id}", headers=auth).json()["status"] == "uploaded"
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/readyz").json() == {"status": "ready"}
     assert client.get("/").status_code == 200
+    from tests.conftest import query
+    assert query(client.settings.pg_dsn, "SELECT owner FROM qa_uploads WHERE upload_id = %s", (upload_id,)) == [
+        ("default",)]
+
+    # Beside QA_API_KEYS, the token is the client `default`, with its own uploads.
+    both = make_client(api_token="s3cret-token")
+    alices = post(both, "a.csv", GOOD).json()["upload_id"]
+    tokens = post(both, "t.csv", GOOD, auth).json()["upload_id"]
+    listed = [u["upload_id"] for u in both.get("/uploads", headers=auth).json()["uploads"]]
+    assert listed[:2] == [tokens, upload_id] and alices not in listed  # the module's database is shared
+    assert both.get(f"/uploads/{alices}", headers=auth).status_code == 404
 
 
-def test_auth_off_needs_no_token(make_client):
-    client = make_client()
-    assert client.settings.api_token is None
-    response = post(client, "q.csv", GOOD)
+def test_keys_are_stored_as_hashes_and_a_bad_setting_is_refused():
+    from upload_service.core.config import Settings
+    from tests.upload.conftest import KEYS
+    settings = Settings(api_keys=API_KEYS)
+    assert settings.key_ring.client_for(KEYS["bob"]) == "bob"
+    assert settings.key_ring.client_for(KEYS["bob"] + "x") is None
+    assert all(key not in repr(settings) and key not in API_KEYS for key in KEYS.values())
+    for bad, text in (("alice", "pair 1"), ("alice=abc", "pair 1"), (f"a={'0' * 64},a={'1' * 64}", "twice"),
+                      (f"al ice={'0' * 64}", "pair 1"), (f"x@y={'0' * 64}", "pair 1"), (",", "no name")):
+        with pytest.raises(ValueError, match=text):
+            Settings(api_keys=bad)
+    with pytest.raises(ValueError, match="QA_AUTH=none"):
+        Settings(api_keys=API_KEYS, auth="none")
+    with pytest.raises(ValueError, match="default"):
+        Settings(api_keys=f"default={'0' * 64}", api_token="t")
+
+
+def test_without_keys_only_this_machine_is_served_unless_auth_is_none(make_client):
+    # The TestClient's peer is "testclient", not a loopback address: what a bare
+    # `uvicorn --host 0.0.0.0` without keys would see from the network.
+    closed = make_client(as_client=None, api_keys=None)
+    refused = closed.get("/uploads")
+    assert refused.status_code == 401 and "own machine" in refused.json()["message"]
+    assert "QA_API_KEYS" in refused.json()["hint"]
+    assert post(closed, "q.csv", GOOD).status_code == 401
+    assert bucket_names(closed.settings.gcs_url, closed.settings.bucket) == []
+    assert closed.get("/readyz").json() == {"status": "ready"}
+
+    open_ = make_client(as_client=None, auth="none")
+    response = post(open_, "q.csv", GOOD)
     assert response.status_code == 201
-    assert client.get(response.json()["status_url"].replace("http://testserver", "")).status_code == 200
+    assert open_.get(response.json()["status_url"].replace("http://testserver", "")).status_code == 200
 
 
 def test_unknown_and_malformed_ids(make_client):
@@ -261,7 +298,8 @@ def test_status_and_answers_follow_what_the_pipeline_records(make_client, upload
     assert [a["row_index"] for a in second["answers"]] == [1]
     as_csv = client.get(f"/uploads/{upload_id}/answers", params={"format": "csv"})
     assert as_csv.status_code == 200 and as_csv.headers["content-type"].startswith("text/csv")
-    assert 'filename="paris.answers.csv"' in as_csv.headers["content-disposition"]
+    assert as_csv.headers["content-disposition"] == ('attachment; filename="paris.answers.csv"; '
+                                                     "filename*=UTF-8''paris.answers.csv")
     assert as_csv.text == answers_csv
     assert [r["answer"] for r in read_csv_text(as_csv.text)] == ["Paris", ""]
 
@@ -298,7 +336,7 @@ def test_readiness_reports_each_backend(make_client, fake_gcs_url):
     no_gcs.app.dependency_overrides.clear()
     from upload_service.core.config import Settings, get_settings
     broken = Settings(bucket="qa-missing", gcs_url=f"http://127.0.0.1:{free_port()}", pg_dsn=no_gcs.settings.pg_dsn,
-                      backend_timeout_secs=1.0)
+                      backend_timeout_secs=1.0, api_keys=API_KEYS)
     no_gcs.app.dependency_overrides[get_settings] = lambda: broken
     response = no_gcs.get("/readyz")
     assert response.status_code == 503 and not response.json()["checks"]["gcs"]["ok"]

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from beam_qa.dev.squad import squad_rows
+from devtools.squad import squad_rows
 from tests.conftest import csv_bytes
-from tests.upload.conftest import chromium_path, log_tail, served
+from tests.upload.conftest import API_KEYS, KEYS, chromium_path, log_tail, served
 
 pytestmark = pytest.mark.e2e
 
@@ -81,23 +81,36 @@ def wait_for_rows(page, names: list[str], statuses: tuple[str, ...], stack=None,
             arg=[names, list(statuses)], timeout=timeout_ms)
     except Exception:  # pylint: disable=broad-except
         rows = page.eval_on_selector_all("tr.upload-row", "rows => rows.map(r => r.textContent)")
-        tails = f"\npipeline log:\n{log_tail(stack, 'pipeline')}\nupload log:\n{log_tail(stack, 'upload')}" if stack \
+        tails = f"\npipeline log:\n{log_tail(stack, 'pipeline')}\nupload log:\n{log_tail(stack, 'upload')}" \
+            f"\nkeyed upload log:\n{log_tail(stack, 'upload-keyed')}" if stack \
             else ""
         pytest.fail(f"rows {names} did not reach {statuses}; rows: {rows}; message: "
                     f"{page.text_content('#message')!r}{tails}")
 
 
+def enter_key(page, name: str) -> None:
+    """Types a client's key into the page, as a person would (the page keeps it for the session)."""
+    if page.get_attribute("#token-box", "open") is None:
+        page.click("#token-box summary")
+    page.fill("#token", KEYS[name])
+    page.press("#token", "Tab")
+
+
 def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_survive_a_reload(
-        upload_stack, page, tmp_path):
+        upload_stack, keyed_upload, page, tmp_path):
     first = squad_file(tmp_path / "first.csv", 30)
     squad_file(tmp_path / "second.csv", 5)
     (tmp_path / "bad.csv").write_bytes(b"id,question,text\n1,q,c\n")
     requests, console = Requests(page), []
     page.on("console", lambda message: console.append(message.text))
 
-    page.goto(upload_stack.config.upload_url + "/")
+    page.goto(keyed_upload + "/")
     assert page.title() == "beam-qa: upload questions"
     assert page.get_attribute("#files", "multiple") is not None
+    # Without a key the history is refused, and the page asks for the key.
+    page.wait_for_function("() => document.querySelector('#uploads-status').textContent.includes('API key')")
+    assert page.get_attribute("#token-box", "open") is not None
+    enter_key(page, "alice")
     page.set_input_files("#files", [str(tmp_path / n) for n in ("first.csv", "second.csv", "bad.csv")])
     page.click("#upload-button")
     names = ["first.csv", "second.csv", "bad.csv"]
@@ -147,7 +160,7 @@ def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_
     assert page.text_content("#answers tbody tr:nth-child(1) .context") == first[0]["context"]
     assert page.text_content("#answers tbody tr:nth-child(1) mark") == table[0][3]
     page.click("#answers-next")
-    page.wait_for_function("document.querySelector('#answers-range').textContent === 'Rows 26–30 of 30'")
+    page.wait_for_function("() => document.querySelector('#answers-range').textContent === 'Rows 26–30 of 30'")
     assert page.eval_on_selector_all("#answers tbody tr", "rows => rows.map(r => r.cells[1].textContent)") == [
         r["id"] for r in first[25:]]
     assert page.is_disabled("#answers-next") and not page.is_disabled("#answers-prev")
@@ -157,7 +170,12 @@ def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_
     downloaded = download_info.value.path().read_text(encoding="utf-8")
     assert downloaded.splitlines()[0] == "id,question,context,answer,score,answer_start,answer_end,error,model"
     assert len(downloaded.splitlines()) == 31
-    assert not [m for m in console if "error" in m.lower()], console
+    # Another client's key shows another client's (empty) history. The page's security
+    # headers (CSP) left it working: no console errors, no refused script or style.
+    enter_key(page, "bob")
+    page.wait_for_function("() => !document.querySelector('#uploads-empty').hidden")
+    assert page.eval_on_selector_all("tr.upload-row", "rows => rows.length") == 0
+    assert not [m for m in console if "error" in m.lower() or "refused" in m.lower()], console
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +184,7 @@ def lonely_service(fake_gcs_url, tmp_path_factory):
     files over 2,000 bytes refused."""
     log = tmp_path_factory.mktemp("lonely") / "upload.log"
     with served(fake_gcs_url, log, database="beam_qa_upload_lonely", QA_STALL_AFTER_SECS="2",
-                QA_MAX_UPLOAD_BYTES="2000") as url:
+                QA_MAX_UPLOAD_BYTES="2000", QA_API_KEYS=API_KEYS) as url:
         yield url
 
 
@@ -175,6 +193,7 @@ def test_a_file_the_pipeline_never_picks_up_gets_a_clear_message_and_polling_sto
     path = tmp_path / "waiting.csv"
     path.write_bytes(b"question,context\nWho?,Ann did.\n")
     page.goto(lonely_service + "/")
+    enter_key(page, "alice")
     page.set_input_files("#files", str(path))
     page.click("#upload-button")
     page.wait_for_function("""() => { const tr = document.querySelector('tr.upload-row[data-filename="waiting.csv"]');
@@ -198,6 +217,7 @@ def test_a_file_the_pipeline_never_picks_up_gets_a_clear_message_and_polling_sto
 def test_dropped_files_upload_and_a_file_over_the_limit_is_refused_before_it_is_sent(lonely_service, page):
     requests = Requests(page)
     page.goto(lonely_service + "/")
+    enter_key(page, "bob")
     assert page.text_content("#limit") == "2.0 KiB"
     page.evaluate("""() => {
         const data = new DataTransfer();

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from beam_qa.dev.squad import squad_rows
+from devtools.squad import squad_rows
 from tests.conftest import csv_bytes, query, read_csv_text
 from tests.upload.conftest import log_tail
 
@@ -84,3 +84,35 @@ def test_a_file_the_pipeline_fails_reports_failed_with_the_reason(upload_stack):
         assert "missing column(s) context" in failed["error"]
         refused = client.get(f"/uploads/{upload_id}/answers")
         assert refused.status_code == 409 and refused.json()["error"] == "upload_failed"
+
+
+def test_with_keys_each_client_sees_only_its_own_answered_upload_and_any_name_downloads(upload_stack, keyed_upload):
+    """The keyed service on the same stack: a non-Latin-1 name is answered by the pipeline and its
+    answers CSV downloads with the name in ``filename*``; the other client sees none of it."""
+    import urllib.parse
+    from tests.upload.conftest import key_header
+    data = csv_bytes(["id", "question", "context"], [[r["id"], r["question"], r["context"]] for r in squad_rows(3)])
+    with httpx.Client(base_url=keyed_upload, timeout=30, headers=key_header("alice")) as alice, \
+            httpx.Client(base_url=keyed_upload, timeout=30, headers=key_header("bob")) as bob:
+        retry = {"Idempotency-Key": f"e2e-{time.time_ns()}"}
+        accepted = alice.post("/uploads", files={"file": ("質問_リスト.csv", data, "text/csv")}, headers=retry)
+        assert accepted.status_code == 201, accepted.text
+        again = alice.post("/uploads", files={"file": ("質問_リスト.csv", data, "text/csv")}, headers=retry)
+        assert again.json() == accepted.json() and again.headers["idempotent-replayed"] == "true"
+        upload_id = accepted.json()["upload_id"]
+        done = wait_for(alice, upload_id, "done", upload_stack)
+        assert done["seen"][-1] == "done" and done["answered_count"] == 3
+        assert query(upload_stack.config.pg_dsn, "SELECT count(*) FROM qa_files WHERE source_uri LIKE %s",
+                     (f"%/{upload_id}/%",)) == [(1,)], "one file version answered, not two"
+
+        download = alice.get(f"/uploads/{upload_id}/answers", params={"format": "csv"})
+        assert download.status_code == 200 and len(read_csv_text(download.text)) == 3
+        star = download.headers["content-disposition"].split("filename*=UTF-8''", 1)[1]
+        assert urllib.parse.unquote(star) == done["answers_csv"].rsplit("/", 1)[1]
+        assert urllib.parse.unquote(star).startswith("質問_リスト.")
+
+        assert upload_id not in [u["upload_id"] for u in bob.get("/uploads").json()["uploads"]]
+        for path in (f"/uploads/{upload_id}", f"/uploads/{upload_id}/answers",
+                     f"/uploads/{upload_id}/answers?format=csv"):
+            assert bob.get(path).status_code == 404
+            assert httpx.get(keyed_upload + path, timeout=30).status_code == 401

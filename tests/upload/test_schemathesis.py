@@ -23,7 +23,7 @@ def api_schema(fake_gcs_url, upload_db):
     bucket = f"qa-upload-st-{os.urandom(4).hex()}"
     create_bucket(fake_gcs_url, bucket)
     app_settings = Settings(bucket=bucket, gcs_url=fake_gcs_url, pg_dsn=upload_db, api_token=TOKEN,
-                            max_upload_bytes=64 * 1024, backend_timeout_secs=5.0)
+                            max_upload_bytes=64 * 1024, backend_timeout_secs=5.0, apply_migrations=True)
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: app_settings
     return schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -89,6 +89,9 @@ class AnswersPage(BaseModel):
     total: int = Field(description="Rows stored for the file.")
     offset: int
     limit: int
+    next_offset: int | None = Field(default=None, description="`offset` of the next page; null on the last. A "
+                                                              "page stops at QA_MAX_PAGE_BYTES of text, so it may "
+                                                              "hold fewer than `limit` rows.")
     answers: list[Answer]
 
 
@@ -99,11 +102,12 @@ class Health(BaseModel):
 
 class Check(BaseModel):
     ok: bool
-    detail: str = ""
+    detail: str = Field(default="", description="What failed: an error kind, never a host, user or message.")
 
 
 class Readiness(BaseModel):
-    """Whether the bucket and the database can be reached."""
+    """Whether the bucket and the database can be reached; `checks` only for a caller with a key."""
 
     status: Literal["ready", "unavailable"]
-    checks: dict[str, Check]
+    checks: dict[str, Check] | None = Field(default=None, description="Per backend; only for an authenticated "
+                                                                      "caller.")

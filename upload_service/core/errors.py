@@ -81,15 +81,18 @@ def install_error_handlers(app) -> None:
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these status codes, all with the ErrorResponse shape."""
     descriptions = {
-        401: "`QA_API_TOKEN` is set and the bearer token is missing or wrong (`unauthorized`).",
-        404: "No upload with this id (`not_found`).",
-        409: "The answers are not there yet, or the file failed or was rejected (`not_ready`, `upload_failed`).",
+        401: "No API key, a wrong one, or a bad Identity-Aware Proxy assertion (`unauthorized`).",
+        404: "No upload with this id for this client (`not_found`): another client's upload is answered the same.",
+        409: "The answers are not there yet, or the file failed or was rejected (`not_ready`, `upload_failed`); "
+             "a retry while the first request with its Idempotency-Key is still storing (`in_progress`).",
         413: "The file is over `QA_MAX_UPLOAD_BYTES` (`too_large`); `details.limit_bytes` gives the limit.",
         415: "The file name does not end in `.csv` (`not_csv`).",
-        422: "The request or the CSV is not valid: `invalid_request`, `invalid_cursor` (GET /uploads), or the "
-             "pipeline's file error kinds "
+        422: "The request or the CSV is not valid: `invalid_request`, `invalid_cursor` (GET /uploads), "
+             "`idempotency_key_reused` (POST /uploads: the key came with another file), or the pipeline's file "
+             "error kinds "
              "`not_utf8`, `binary`, `empty`, `duplicate_columns`, `missing_columns` (`details.missing`), "
              "`too_many_rows` (`details.limit_rows`), `malformed_csv`, `no_rows`.",
-        503: "GCS or PostgreSQL cannot be reached (`storage_unavailable`, `database_unavailable`).",
+        503: "GCS or PostgreSQL cannot be reached (`storage_unavailable`, `database_unavailable`), or the "
+             "database schema is older than the service needs (`schema_outdated`).",
     }
     return {code: {"model": ErrorResponse, "description": descriptions.get(code, "Error.")} for code in codes}

@@ -105,10 +105,13 @@ class RequestLogMiddleware:
         target = f"{path}?{query}" if query else path
         headers = dict(scope.get("headers") or [])
         client = scope.get("client") or ("", 0)
+        # The calling client's name, once api.deps.require_client has identified it.
+        caller = (scope.get("state") or {}).get("client")
         self._logger.log(
             logging.ERROR if status >= 500 else logging.INFO,
-            "%s %s %d %.1f ms", scope.get("method", ""), target, status, seconds * 1000,
-            extra={"httpRequest": {
+            "%s %s %d %.1f ms%s", scope.get("method", ""), target, status, seconds * 1000,
+            f" client={caller}" if caller else "",
+            extra={"client": caller, "httpRequest": {
                 "requestMethod": scope.get("method", ""), "requestUrl": target, "status": status,
                 "responseSize": str(size), "latency": f"{seconds:.6f}s", "remoteIp": client[0],
                 "userAgent": headers.get(b"user-agent", b"").decode("latin-1"),

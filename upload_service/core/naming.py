@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import urllib.parse
 import uuid
 
 MAX_NAME_CHARS = 120
@@ -58,3 +59,19 @@ def display_name(name: str | None) -> str:
 def object_name(incoming_prefix: str, upload_id: str, filename: str) -> str:
     """``<incoming prefix><upload id>/<sanitised name>``."""
     return f"{incoming_prefix}{upload_id}/{sanitise_filename(filename)}"
+
+
+def content_disposition(filename: str) -> str:
+    """An ``attachment`` header value that carries any file name (RFC 6266, RFC 8187).
+
+    HTTP header values are Latin-1 at most, so the name goes as UTF-8 percent-encoded in
+    ``filename*``, which browsers prefer, and as an ASCII stand-in in ``filename`` for older clients.
+
+    Args:
+        filename: for example ``"質問_リスト.17.answers.csv"``.
+
+    Returns:
+        ``attachment; filename="_____.17.answers.csv"; filename*=UTF-8''%E8%B3%AA...``.
+    """
+    fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"

@@ -1,86 +1,37 @@
-"""PostgreSQL for the upload service: its own ``qa_uploads`` table, and the pipeline's tables read.
+"""PostgreSQL for the upload service: its own ``qa_uploads`` rows, and the pipeline's tables read.
 
-``qa_uploads`` is the service's record of every upload it stored or refused, so that the history
-(``GET /uploads``) lists a file before the pipeline has recorded it (``uploaded``: no ``qa_files``
-row yet) and after the pipeline deleted its object. The pipeline never reads or writes it; the
-pipeline's own tables (``qa_files``, ``qa_answers``) are only read here.
+``qa_uploads`` is the service's record of every upload it stored or refused, with the client that
+made it, so that the history (``GET /uploads``) lists a file before the pipeline has recorded it
+(``uploaded``: no ``qa_files`` row yet) and after the pipeline deleted its object. The pipeline
+never reads or writes it; the pipeline's own tables (``qa_files``, ``qa_answers``) are only read
+here. The schema is the pipeline's: the service runs no DDL unless told to (``apply_migrations``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from beam_qa.store.schema import ensure_schema
+import psycopg
+import psycopg_pool
+from psycopg_pool import ConnectionPool
+
+from beam_qa.store.schema import ensure_schema, migrations, schema_version
+from upload_service.core.auth import Client
 from upload_service.core.errors import ApiError
+from upload_service.services import sql
 
 _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RECORD_UPLOAD = """
-INSERT INTO qa_uploads (upload_id, filename, source_uri, source_generation, size_bytes, row_count, uploaded_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (upload_id) DO NOTHING
-"""
-
-RECORD_REJECTION = """
-INSERT INTO qa_uploads (upload_id, filename, size_bytes, rejected, error)
-VALUES (%s, %s, %s, %s, %s) ON CONFLICT (upload_id) DO NOTHING
-"""
-
-# One upload with the pipeline's view of it: its qa_files row (the exact object version) and
-# how many of its rows qa_answers holds, which grows while the file is `received` (the
-# pipeline commits answers chunk by chunk). `stalled`: not recorded by the pipeline in time.
-UPLOAD_VIEW = """
-SELECT u.upload_id, u.filename, u.source_uri, u.source_generation, u.size_bytes, u.row_count, u.rejected,
-       u.error, u.uploaded_at, f.status, f.row_count, f.error, f.output_uri, f.received_at, f.completed_at,
-       a.processed, a.answered, a.errored,
-       (u.rejected IS NULL AND f.status IS NULL
-        AND u.uploaded_at < now() - make_interval(secs => %(stall_secs)s)) AS stalled
-FROM qa_uploads u
-LEFT JOIN qa_files f ON f.source_uri = u.source_uri AND f.source_generation = u.source_generation
-LEFT JOIN LATERAL (
-    SELECT count(*) AS processed, count(q.answer) AS answered, count(q.error) AS errored
-    FROM qa_answers q WHERE q.source_uri = u.source_uri AND q.source_generation = u.source_generation
-) a ON u.source_uri IS NOT NULL
-"""
-
-GET_UPLOAD = UPLOAD_VIEW + "WHERE u.upload_id = %(upload_id)s"
-
-NEWEST_FIRST = """
-ORDER BY u.uploaded_at DESC, u.upload_id DESC
-LIMIT %(limit)s
-"""
-
-LIST_UPLOADS = UPLOAD_VIEW + NEWEST_FIRST
-
-# Keyset paging: the page after the (uploaded_at, upload_id) of the previous page's last item,
-# which the index qa_uploads_newest_idx serves without sorting the whole table.
-LIST_UPLOADS_AFTER = UPLOAD_VIEW + """
-WHERE (u.uploaded_at, u.upload_id) < (%(after_at)s, %(after_id)s)
-""" + NEWEST_FIRST
-
-FIND_FILE = """
-SELECT source_uri, source_generation, status, row_count, error, output_uri, received_at, completed_at
-FROM qa_files WHERE source_uri LIKE %s ESCAPE '\\'
-ORDER BY received_at DESC LIMIT 1
-"""
-
-COUNT_ANSWERS = """
-SELECT count(*), count(answer), count(error) FROM qa_answers
-WHERE source_uri = %s AND source_generation = %s
-"""
-
-ANSWERS_PAGE = """
-SELECT row_index, id, question, context, answer, score, answer_start, answer_end, error
-FROM qa_answers WHERE source_uri = %s AND source_generation = %s
-ORDER BY row_index OFFSET %s LIMIT %s
-"""
-
+# The migration that added what this service reads and writes last (owners, Idempotency-Keys).
+NEEDED_MIGRATION = "upload_owners"
 
 @dataclasses.dataclass(frozen=True)
 class FileRecord:
@@ -126,18 +77,51 @@ def like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyedUpload:
+    """The ``qa_uploads`` row a client's Idempotency-Key claimed; ``generation`` None until stored."""
+
+    upload_id: str
+    request_sha256: str
+    filename: str
+    source_uri: str
+    generation: int | None
+    size: int
+    rows: int
+
+
+@functools.lru_cache(maxsize=1)
+def needed_schema_version() -> int:
+    """The schema version whose migration added what this service uses (found by name, not number)."""
+    return next(m.version for m in migrations() if m.name == NEEDED_MIGRATION)
+
+
+def schema_outdated(version: int) -> ApiError:
+    needed = needed_schema_version()
+    return ApiError(503, "schema_outdated",
+                    f"the database schema is at version {version}; this service needs version {needed} "
+                    f"({needed:03d}_{NEEDED_MIGRATION})",
+                    hint="The pipeline migrates the schema when its workers connect: start or update the pipeline "
+                         "first (the upload service has no DDL rights). Locally, QA_APPLY_MIGRATIONS=true lets the "
+                         "service apply the migrations itself.",
+                    details={"schema_version": version, "needed": needed})
+
+
 class Database:
-    """A psycopg connection pool, opened on first use; creates the schema once if missing.
+    """A psycopg connection pool, opened on first use, that checks the schema version once.
 
     Args:
         dsn: libpq connection string or URL.
         timeout: seconds to wait for a connection.
+        apply_migrations: apply the pipeline's migrations when the schema is older than needed
+            (needs DDL rights: local stacks and tests); otherwise answer 503 until it is migrated.
     """
 
-    def __init__(self, dsn: str, timeout: float, max_size: int = 4):
+    def __init__(self, dsn: str, timeout: float, max_size: int = 4, *, apply_migrations: bool = False):
         self._dsn = dsn
         self._timeout = timeout
         self._max_size = max_size
+        self._apply_migrations = apply_migrations
         self._pool = None
         self._schema_ready = False
         self._lock = threading.Lock()
@@ -145,10 +129,10 @@ class Database:
     def _get_pool(self):
         with self._lock:
             if self._pool is None:
-                from psycopg_pool import ConnectionPool
                 self._pool = ConnectionPool(self._dsn, min_size=1, max_size=self._max_size, open=False,
                                             timeout=self._timeout,
-                                            kwargs={"connect_timeout": max(1, int(self._timeout))})
+                                            kwargs={"connect_timeout": max(1, int(self._timeout)),
+                                                    "application_name": "beam_qa_upload"})
                 self._pool.open(wait=False)
             return self._pool
 
@@ -158,74 +142,120 @@ class Database:
                 self._pool.close()
                 self._pool = None
 
+    def _check_schema(self, conn) -> None:
+        """Raises 503 ``schema_outdated`` until the schema has this service's migration.
+
+        Checked on every request until it passes (a read that takes no lock), then never again.
+        """
+        version = schema_version(conn)
+        conn.commit()  # ensure_schema opens its own transactions
+        if version < needed_schema_version() and self._apply_migrations:
+            ensure_schema(conn)
+            version = schema_version(conn)
+            conn.commit()
+        if version < needed_schema_version():
+            _LOGGER.warning("database schema at version %d, older than the %d this service needs", version,
+                            needed_schema_version())
+            raise schema_outdated(version)
+        self._schema_ready = True
+
     def _run(self, work: Callable, what: str) -> T:
-        import psycopg
-        import psycopg_pool
         try:
             with self._get_pool().connection() as conn:
                 if not self._schema_ready:
-                    # The service may start before the pipeline ever ran: its tables and the
-                    # ones it reads come from the same migrations, under the same lock.
-                    ensure_schema(conn)
-                    self._schema_ready = True
+                    self._check_schema(conn)
                 return work(conn)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             _LOGGER.warning("PostgreSQL failed while %s: %s", what, exc)
             raise ApiError(503, "database_unavailable", f"PostgreSQL failed while {what}: {type(exc).__name__}",
                            hint="Try again in a moment; GET /readyz shows whether PostgreSQL is reachable.") from exc
 
-    def record_upload(self, upload_id: str, filename: str, uri: str, generation: int, size: int, rows: int,
-                      uploaded_at: datetime.datetime) -> None:
-        """Adds a stored upload to the history.
+    def check_schema(self) -> None:
+        """Raises 503 ``schema_outdated`` (or ``database_unavailable``) before anything is stored."""
+        if not self._schema_ready:
+            self._run(lambda conn: None, "checking the schema")
+
+    def record_upload(self, upload_id: str, owner: Client, filename: str, uri: str, generation: int, size: int,
+                      rows: int, uploaded_at: datetime.datetime) -> None:
+        """Adds a stored upload to its owner's history.
 
         Args:
             uploaded_at: when the object was about to be written; the row is inserted after the
                 write, by when the pipeline may already have recorded the file as received.
         """
-        self._run(lambda conn: conn.execute(RECORD_UPLOAD, (upload_id, filename, uri, generation, size, rows,
-                                                            uploaded_at)), "recording the upload")
+        self._run(lambda conn: conn.execute(sql.RECORD_UPLOAD, (upload_id, owner.name, filename, uri, generation,
+                                                                size, rows, uploaded_at)), "recording the upload")
 
-    def record_rejection(self, upload_id: str, filename: str, size: int | None, kind: str, message: str) -> None:
-        """Adds a refused upload (nothing stored) to the history, with the reason."""
-        self._run(lambda conn: conn.execute(RECORD_REJECTION, (upload_id, filename, size, kind, message)),
-                  "recording the rejected upload")
+    def record_rejection(self, upload_id: str, owner: Client, filename: str, size: int | None, kind: str,
+                         message: str) -> None:
+        """Adds a refused upload (nothing stored) to its owner's history, with the reason."""
+        self._run(lambda conn: conn.execute(sql.RECORD_REJECTION, (upload_id, owner.name, filename, size, kind,
+                                                                   message)), "recording the rejected upload")
 
-    def get_upload(self, upload_id: str, stall_secs: float) -> UploadRecord | None:
-        """The history entry of one upload, or None if the service has no record of it."""
-        row = self._run(lambda conn: conn.execute(GET_UPLOAD, {"upload_id": upload_id, "stall_secs": stall_secs})
-                        .fetchone(), "looking up the upload")
+    def claim_key(self, owner: Client, key: str, proposal: KeyedUpload, uploaded_at: datetime.datetime) -> KeyedUpload:
+        """The upload a client's Idempotency-Key stands for: ``proposal`` if this call claimed the
+        key, else the one an earlier request with the same key claimed (stored or not yet)."""
+        params = {"upload_id": proposal.upload_id, "owner": owner.name, "key": key,
+                  "sha256": proposal.request_sha256, "filename": proposal.filename, "uri": proposal.source_uri,
+                  "size": proposal.size, "rows": proposal.rows, "uploaded_at": uploaded_at}
+        find = sql.FIND_KEYED_ANONYMOUS if owner.sees_all else sql.FIND_KEYED
+
+        def work(conn):
+            conn.execute(sql.RESERVE, params)
+            return conn.execute(find, params).fetchone()
+        return KeyedUpload(*self._run(work, "claiming the Idempotency-Key"))
+
+    def complete(self, upload_id: str, generation: int) -> None:
+        """Records the generation of a claimed upload's stored object."""
+        self._run(lambda conn: conn.execute(sql.COMPLETE, (generation, upload_id)), "recording the upload")
+
+    def release(self, upload_id: str) -> None:
+        """Drops a claim whose object could not be stored, so that a retry can store it."""
+        self._run(lambda conn: conn.execute(sql.RELEASE, (upload_id,)), "releasing the Idempotency-Key")
+
+    def get_upload(self, upload_id: str, owner: Client, stall_secs: float) -> UploadRecord | None:
+        """The history entry of one upload of this client, or None if it has no such upload."""
+        conditions = [sql.ONE_UPLOAD] + ([] if owner.sees_all else [sql.OWNED])
+        params = {"upload_id": upload_id, "owner": owner.name, "stall_secs": stall_secs}
+        row = self._run(lambda conn: conn.execute(sql.upload_query(*conditions), params).fetchone(),
+                        "looking up the upload")
         return UploadRecord(*row) if row else None
 
-    def list_uploads(self, limit: int, stall_secs: float,
+    def list_uploads(self, owner: Client, limit: int, stall_secs: float,
                      after: tuple[datetime.datetime, str] | None = None) -> list[UploadRecord]:
-        """Up to ``limit`` uploads, newest first, after the ``(uploaded_at, upload_id)`` of ``after``."""
-        params = {"limit": limit, "stall_secs": stall_secs}
-        query = LIST_UPLOADS
+        """Up to ``limit`` of this client's uploads, newest first, after the ``(uploaded_at,
+        upload_id)`` of ``after``."""
+        conditions = [] if owner.sees_all else [sql.OWNED]
+        params = {"limit": limit, "stall_secs": stall_secs, "owner": owner.name}
         if after is not None:
-            query = LIST_UPLOADS_AFTER
+            conditions.append(sql.AFTER)
             params.update(after_at=after[0], after_id=after[1])
+        query = sql.upload_query(*conditions, paged=True)
         rows = self._run(lambda conn: conn.execute(query, params).fetchall(), "listing uploads")
         return [UploadRecord(*row) for row in rows]
 
     def ping(self) -> None:
+        """Raises unless PostgreSQL answers and the schema is the one this service needs."""
         self._run(lambda conn: conn.execute("SELECT 1").fetchone(), "checking readiness")
 
     def find_file(self, uri_prefix: str) -> FileRecord | None:
         """The newest ``qa_files`` row whose source URI starts with ``uri_prefix``."""
-        row = self._run(lambda conn: conn.execute(FIND_FILE, (like_prefix(uri_prefix),)).fetchone(),
+        row = self._run(lambda conn: conn.execute(sql.FIND_FILE, (like_prefix(uri_prefix),)).fetchone(),
                         "looking up the upload")
         return FileRecord(*row) if row else None
 
     def answer_counts(self, uri: str, generation: int) -> tuple[int, int, int]:
         """``(rows, rows with an answer, rows with an error)`` stored for this file version."""
-        return self._run(lambda conn: conn.execute(COUNT_ANSWERS, (uri, generation)).fetchone(),
+        return self._run(lambda conn: conn.execute(sql.COUNT_ANSWERS, (uri, generation)).fetchone(),
                          "counting answers")
 
-    def answers(self, uri: str, generation: int, offset: int, limit: int) -> list[dict]:
-        """One page of answers in row order."""
+    def answers(self, uri: str, generation: int, offset: int, limit: int, max_bytes: int) -> list[dict]:
+        """One page of answers in row order: at most ``limit`` rows, cut once their text passes
+        ``max_bytes`` (at least one row)."""
+        params = {"uri": uri, "generation": generation, "offset": offset, "limit": limit, "max_bytes": max_bytes}
+
         def work(conn):
-            cur = conn.execute(ANSWERS_PAGE, (uri, generation, offset, limit))
+            cur = conn.execute(sql.ANSWERS_PAGE, params)
             names = [col.name for col in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
         return self._run(work, "reading answers")
-

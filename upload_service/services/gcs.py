@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,9 +23,15 @@ class StoredObject:
     size: int
 
 
+# google-cloud-storage otherwise reads each bucket's metadata in a background thread, for trace
+# attributes (storage.buckets.get), which the service's account is not granted (docs/deploy.md).
+_NO_BUCKET_METADATA = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
+
+
 def make_client(gcs_url: str | None):
     """A google-cloud-storage client: anonymous against an emulator URL, default credentials otherwise."""
     from google.cloud import storage
+    os.environ.setdefault(_NO_BUCKET_METADATA, "true")
     if gcs_url:
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
@@ -60,6 +67,13 @@ class UploadStore(LazyGcsClient):
 
     def uri(self, name: str) -> str:
         return f"gs://{self.bucket_name}/{name}"
+
+    def name_of(self, uri: str) -> str:
+        """The object name in a ``gs://`` URI of this bucket."""
+        bucket, name = split_gcs_uri(uri)
+        if bucket != self.bucket_name:
+            raise ValueError(f"{uri} is not in bucket {self.bucket_name}")
+        return name
 
     def create(self, name: str, data: bytes) -> int:
         """Writes a new object; never replaces one (``ifGenerationMatch=0``).
@@ -120,6 +134,11 @@ class UploadStore(LazyGcsClient):
                 reader.close()
         return chunks()
 
-    def ping(self) -> None:
-        """Raises unless the bucket can be read."""
-        self.client.bucket(self.bucket_name).reload(timeout=min(self._timeout, 5.0), retry=None)
+    def ping(self, readable_prefix: str) -> None:
+        """Raises unless GCS answers a read under ``readable_prefix``.
+
+        Looks up an object that need not exist: a 404 is an answer. The service's account may
+        read only the answers prefix (docs/deploy.md), so this needs no bucket-wide right.
+        """
+        self.client.bucket(self.bucket_name).blob(f"{readable_prefix}.readiness-probe").exists(
+            timeout=min(self._timeout, 5.0), retry=None)

@@ -18,7 +18,7 @@ const state = {
   page: 0,
   nextCursor: null,
   hints: new Map(),   // upload_id -> how to fix a rejection (the history keeps only the message)
-  answers: null,      // {uploadId, filename, offset, limit}
+  answers: null,      // {uploadId, filename, offset, nextOffset, previous: [offsets of the pages before]}
   poll: { timer: null, delay: POLL_MIN_MS, lastChange: Date.now(), signature: "" },
   listRequests: 0,    // GET /uploads requests issued: a slower, older answer must not win
 };
@@ -45,7 +45,7 @@ async function api(path) {
   try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (response.status === 401) $("token-box").open = true;
   const error = new Error(body.message || `${response.status} ${response.statusText}`);
-  error.hint = body.hint || "";
+  error.hint = response.status === 401 ? "Enter your API key under API key." : body.hint || "";
   throw error;
 }
 
@@ -107,7 +107,7 @@ async function uploadOne(file) {
   }
   let error;
   if (status === 0) error = "The server could not be reached; check the connection and upload again.";
-  else if (status === 401) error = "The server needs an API token: enter it under API token and upload again.";
+  else if (status === 401) error = "The server needs your API key: enter it under API key and upload again.";
   else if (status === 413) error = `Too large for the server (HTTP 413): at most ${formatBytes(maxUploadBytes)} `
     + "per file. Split the file, or copy it to the bucket's incoming/ folder directly.";
   else error = body ? describeError({ message: body.message, hint: body.hint }) : `HTTP ${status}`;
@@ -343,12 +343,14 @@ function cell(tr, value, className) {
   tr.appendChild(td);
 }
 
-async function showAnswers(uploadId, filename, offset = 0) {
+// A page may hold fewer rows than asked for (the server caps its size in bytes too), so the page
+// after is at next_offset and the pages before are remembered, not computed.
+async function showAnswers(uploadId, filename, offset = 0, previous = []) {
   const limit = Number($("answers-page-size").value);
   try {
     const page = await (await api(`/uploads/${uploadId}/answers?offset=${offset}&limit=${limit}`)).json();
     const isNew = !state.answers || state.answers.uploadId !== uploadId;
-    state.answers = { uploadId, filename, offset, limit, total: page.total };
+    state.answers = { uploadId, filename, offset, nextOffset: page.next_offset, previous };
     const body = $("answers").querySelector("tbody");
     body.replaceChildren(...page.answers.map((a) => {
       const tr = document.createElement("tr");
@@ -365,8 +367,8 @@ async function showAnswers(uploadId, filename, offset = 0) {
     const last = offset + page.answers.length;
     $("answers-range").textContent = page.total
       ? `Rows ${offset + 1}–${last} of ${page.total}` : "No rows.";
-    $("answers-prev").disabled = offset === 0;
-    $("answers-next").disabled = last >= page.total;
+    $("answers-prev").disabled = !previous.length;
+    $("answers-next").disabled = page.next_offset === null || page.next_offset === undefined;
     $("answers-box").hidden = false;
     if (isNew) $("answers-title").focus();
   } catch (error) {
@@ -412,6 +414,8 @@ function wireDropZone() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("token").value = sessionStorage.getItem("qa-token") || "";
+  // Another key is another client, with another history.
+  $("token").addEventListener("change", () => { state.cursors = [null]; showPage(0); });
   $("limit").textContent = maxUploadBytes ? formatBytes(maxUploadBytes) : "the server's limit";
   $("upload-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -428,11 +432,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("uploads-older").addEventListener("click", () => showPage(state.page + 1));
   $("answers-prev").addEventListener("click", () => {
     const a = state.answers;
-    showAnswers(a.uploadId, a.filename, Math.max(0, a.offset - a.limit));
+    showAnswers(a.uploadId, a.filename, a.previous[a.previous.length - 1], a.previous.slice(0, -1));
   });
   $("answers-next").addEventListener("click", () => {
     const a = state.answers;
-    showAnswers(a.uploadId, a.filename, a.offset + a.limit);
+    showAnswers(a.uploadId, a.filename, a.nextOffset, [...a.previous, a.offset]);
   });
   $("answers-page-size").addEventListener("change", () => {
     const a = state.answers;

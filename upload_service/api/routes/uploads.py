@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import posixpath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Path, Query, Request, UploadFile
+from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
-from upload_service.api.deps import AuthDep, DatabaseDep, SettingsDep, StoreDep
+from upload_service.api.deps import ClientDep, DatabaseDep, SettingsDep, StoreDep
 from upload_service.api.schemas import Answer, AnswersPage, UploadAccepted, UploadList, UploadStatus
+from upload_service.core.auth import Client
 from upload_service.core.config import Settings
 from upload_service.core.cursor import decode_cursor, encode_cursor
 from upload_service.core.errors import ApiError, error_responses
-from upload_service.core.naming import UPLOAD_ID_PATTERN, display_name, new_upload_id, object_name
+from upload_service.core.naming import UPLOAD_ID_PATTERN, content_disposition, display_name, new_upload_id
 from upload_service.services.db import Database, UploadRecord
 from upload_service.services.gcs import UploadStore
+from upload_service.services.uploading import store_upload
 from upload_service.services.validation import check_name, read_capped, validate_csv
 
 _LOGGER = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/uploads", tags=["uploads"], dependencies=[AuthDep])
+router = APIRouter(prefix="/uploads", tags=["uploads"])
 
 UploadId = Annotated[str, Path(pattern=UPLOAD_ID_PATTERN, description="The id POST /uploads returned (32 hex digits).")]
 
-MAX_PAGE = 10_000
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="Any string of your choosing (a UUID, say), new for each file: a retry with the same key "
+                "returns the first upload instead of storing the file again.")]
+
+MAX_PAGE = 1000
 MAX_HISTORY_PAGE = 100
 
 STALL_NOTE = ("The pipeline has not picked this file up after {secs:.0f} s. Is it running? Locally, make run "
@@ -37,16 +43,21 @@ STALL_NOTE = ("The pipeline has not picked this file up after {secs:.0f} s. Is i
 @router.post("", status_code=201, response_model=UploadAccepted,
              responses=error_responses(401, 409, 413, 415, 422, 503),
              summary="Upload a question,context CSV")
-def create_upload(request: Request, settings: SettingsDep, store: StoreDep, db: DatabaseDep,
+def create_upload(request: Request, response: Response, client: ClientDep, settings: SettingsDep, store: StoreDep,
+                  db: DatabaseDep,
                   file: Annotated[UploadFile, File(description="The CSV: UTF-8, a header with question and "
-                                                               "context (id optional), one row per question.")]):
+                                                               "context (id optional), one row per question.")],
+                  idempotency_key: IdempotencyKey = None):
     """Checks the file with the pipeline's own rules, then stores it for the pipeline.
 
     Nothing is written to the bucket for a rejected file; the rejection joins the history
     (`GET /uploads`) with its reason, and its id is in the error's `details.upload_id`. The object
-    is created with `ifGenerationMatch=0` at `<incoming prefix><upload_id>/<sanitised name>`.
+    is created with `ifGenerationMatch=0` at `<incoming prefix><upload_id>/<sanitised name>`. With an
+    `Idempotency-Key`, a retry of the same request returns the first upload (same `upload_id`,
+    header `Idempotent-Replayed: true`) and stores nothing new.
     """
-    upload_id = new_upload_id()
+    # An outdated schema must refuse the upload before the object is stored, not after.
+    db.check_schema()
     size = None
     try:
         check_name(file.filename)
@@ -54,50 +65,45 @@ def create_upload(request: Request, settings: SettingsDep, store: StoreDep, db: 
         size = len(data)
         rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows)
     except ApiError as exc:
-        _record_rejection(db, upload_id, display_name(file.filename), size, exc)
+        _record_rejection(db, client, new_upload_id(), display_name(file.filename), size, exc)
         raise
-    name = object_name(settings.incoming_prefix, upload_id, file.filename)
-    filename = posixpath.basename(name)
-    stored_at = datetime.datetime.now(datetime.timezone.utc)
-    generation = store.create(name, data)
-    try:
-        db.record_upload(upload_id, filename, store.uri(name), generation, size, rows, stored_at)
-    except ApiError as exc:
-        # The object is stored and the pipeline answers it; only the history misses it, and
-        # GET /uploads/{id} still finds it through the bucket and qa_files.
-        _LOGGER.error("upload %s stored as %s#%d but not recorded in qa_uploads: %s", upload_id, store.uri(name),
-                      generation, exc.body.message, extra={"upload_id": upload_id})
-    _LOGGER.info("upload %s uploaded: %s, %d bytes, %d rows -> %s#%d", upload_id, filename, size, rows,
-                 store.uri(name), generation,
-                 extra={"upload_id": upload_id, "file": filename, "size_bytes": size, "rows": rows,
-                        "status": "uploaded", "object": store.uri(name), "generation": generation})
-    return UploadAccepted(upload_id=upload_id, object=store.uri(name), generation=generation,
-                          filename=filename, size=size, row_count=rows,
-                          status_url=str(request.url_for("get_upload", upload_id=upload_id)))
+    stored = store_upload(store, db, settings.incoming_prefix, client, file.filename, data, rows, idempotency_key)
+    if stored.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    _LOGGER.info("upload %s %s: %s, %d bytes, %d rows -> %s#%d", stored.upload_id,
+                 "replayed" if stored.replayed else "uploaded", stored.filename, stored.size, stored.rows, stored.uri,
+                 stored.generation,
+                 extra={"upload_id": stored.upload_id, "file": stored.filename, "size_bytes": stored.size,
+                        "rows": stored.rows, "status": "replayed" if stored.replayed else "uploaded",
+                        "object": stored.uri, "generation": stored.generation, "client": client.name})
+    return UploadAccepted(upload_id=stored.upload_id, object=stored.uri, generation=stored.generation,
+                          filename=stored.filename, size=stored.size, row_count=stored.rows,
+                          status_url=str(request.url_for("get_upload", upload_id=stored.upload_id)))
 
 
-def _record_rejection(db: Database, upload_id: str, filename: str, size: int | None, exc: ApiError) -> None:
-    """Adds a refused file to the history and names it in the error; never hides the rejection."""
+def _record_rejection(db: Database, client: Client, upload_id: str, filename: str, size: int | None,
+                      exc: ApiError) -> None:
+    """Adds a refused file to the client's history and names it in the error; never hides the rejection."""
     try:
-        db.record_rejection(upload_id, filename, size, exc.body.error, exc.body.message)
+        db.record_rejection(upload_id, client, filename, size, exc.body.error, exc.body.message)
         exc.body.details = {**(exc.body.details or {}), "upload_id": upload_id}
     except ApiError as db_error:
         _LOGGER.warning("rejected upload %s not recorded in qa_uploads: %s", upload_id, db_error.body.message)
     _LOGGER.info("upload %s rejected: %s, %s bytes, %s: %s", upload_id, filename, "?" if size is None else size,
                  exc.body.error, exc.body.message,
                  extra={"upload_id": upload_id, "file": filename, "size_bytes": size, "rows": None,
-                        "status": "rejected", "error": exc.body.error})
+                        "status": "rejected", "error": exc.body.error, "client": client.name})
 
 
 @router.get("", response_model=UploadList, responses=error_responses(401, 422, 503),
             summary="The upload history, newest first")
-def list_uploads(request: Request, settings: SettingsDep, db: DatabaseDep,
+def list_uploads(request: Request, client: ClientDep, settings: SettingsDep, db: DatabaseDep,
                  limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_PAGE, description="Uploads per page")] = 20,
                  cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous "
                                                                                  "page; omit for the newest")]
                  = None):
-    """Every upload made through this service (stored or rejected), newest first, each with its
-    status and row counts, in pages of `limit`; `next_cursor` fetches the next (older) page."""
+    """Every upload this client made through the service (stored or rejected), newest first, each
+    with its status and row counts, in pages of `limit`; `next_cursor` fetches the next (older) page."""
     after = None
     if cursor:
         try:
@@ -106,7 +112,7 @@ def list_uploads(request: Request, settings: SettingsDep, db: DatabaseDep,
             raise ApiError(422, "invalid_cursor", "cursor is not one this service returned",
                            hint="Pass the next_cursor of the previous page unchanged, or omit cursor for the "
                                 "newest uploads.") from exc
-    records = db.list_uploads(limit + 1, settings.stall_after_secs, after)
+    records = db.list_uploads(client, limit + 1, settings.stall_after_secs, after)
     page = records[:limit]
     next_cursor = encode_cursor(page[-1].uploaded_at, page[-1].upload_id) if len(records) > limit else None
     return UploadList(uploads=[_with_links(request, _from_record(r, settings)) for r in page], limit=limit,
@@ -132,12 +138,21 @@ def _with_links(request: Request, status: UploadStatus) -> UploadStatus:
     return status
 
 
-def _resolve(upload_id: str, settings: Settings, store: UploadStore, db: Database) -> UploadStatus:
-    """The upload's status: from the history, or for an object written straight to the bucket
-    under ``<incoming prefix><upload_id>/``, from ``qa_files`` and the bucket."""
-    record = db.get_upload(upload_id, settings.stall_after_secs)
+def _not_found(upload_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no upload with id {upload_id}",
+                    hint="Use the upload_id that POST /uploads returned to you.")
+
+
+def _resolve(upload_id: str, client: Client, settings: Settings, store: UploadStore, db: Database) -> UploadStatus:
+    """The upload's status from the client's history. With authentication off (one client, who
+    sees everything) also an object written straight to the bucket under
+    ``<incoming prefix><upload_id>/``, from ``qa_files`` and the bucket: it has no owner."""
+    record = db.get_upload(upload_id, client, settings.stall_after_secs)
     if record is not None:
         return _from_record(record, settings)
+    if not client.sees_all:
+        # Another client's upload, or none at all: the same answer, so an id reveals nothing.
+        raise _not_found(upload_id)
     prefix = f"{settings.incoming_prefix}{upload_id}/"
     uri_prefix = store.uri(prefix)
     record = db.find_file(uri_prefix)
@@ -149,8 +164,7 @@ def _resolve(upload_id: str, settings: Settings, store: UploadStore, db: Databas
         # The pipeline may have recorded and deleted it between the two lookups.
         record = db.find_file(uri_prefix)
         if record is None:
-            raise ApiError(404, "not_found", f"no upload with id {upload_id}",
-                           hint="Use the upload_id that POST /uploads returned.")
+            raise _not_found(upload_id)
     processed, answered, errored = db.answer_counts(record.source_uri, record.source_generation)
     done = record.status == "done"
     return UploadStatus(
@@ -164,11 +178,12 @@ def _resolve(upload_id: str, settings: Settings, store: UploadStore, db: Databas
 
 @router.get("/{upload_id}", response_model=UploadStatus, responses=error_responses(401, 404, 422, 503),
             summary="Status of an upload")
-def get_upload(request: Request, upload_id: UploadId, settings: SettingsDep, store: StoreDep, db: DatabaseDep):
+def get_upload(request: Request, upload_id: UploadId, client: ClientDep, settings: SettingsDep, store: StoreDep,
+               db: DatabaseDep):
     """Status from PostgreSQL (`received`, `done`, `failed`), `uploaded` while the pipeline has
     not recorded the file yet (`stalled` after a while), or `rejected`; row counts (while `received`,
     `processed_count` grows as the pipeline commits answers) and where the answers are."""
-    return _with_links(request, _resolve(upload_id, settings, store, db))
+    return _with_links(request, _resolve(upload_id, client, settings, store, db))
 
 
 @router.get("/{upload_id}/answers", response_model=AnswersPage,
@@ -177,14 +192,16 @@ def get_upload(request: Request, upload_id: UploadId, settings: SettingsDep, sto
                                             "CSV the pipeline wrote."},
                        **error_responses(401, 404, 409, 422, 503)},
             summary="Answers of a done upload")
-def get_answers(upload_id: UploadId, settings: SettingsDep, store: StoreDep, db: DatabaseDep,
+def get_answers(upload_id: UploadId, client: ClientDep, settings: SettingsDep, store: StoreDep, db: DatabaseDep,
                 output: Annotated[Literal["json", "csv"],
                                   Query(alias="format", description="json (default) or csv")] = "json",
                 offset: Annotated[int, Query(ge=0, le=1_000_000, description="First row (json)")] = 0,
-                limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Rows per page (json)")] = 1000):
+                limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most rows per page (json)")] = 100):
     """The answers as JSON pages from PostgreSQL, or the answers CSV file (`?format=csv`), which keeps
-    every input column and adds answer, score, answer_start, answer_end and error."""
-    status = _resolve(upload_id, settings, store, db)
+    every input column and adds answer, score, answer_start, answer_end and error. A JSON page also
+    stops at `QA_MAX_PAGE_BYTES` of text, so it may hold fewer than `limit` rows: follow
+    `next_offset`."""
+    status = _resolve(upload_id, client, settings, store, db)
     if status.status == "rejected":
         raise ApiError(409, "upload_failed", f"the service refused this file: {status.error}",
                        hint="Fix the file as the message says and upload it again.",
@@ -201,11 +218,17 @@ def get_answers(upload_id: UploadId, settings: SettingsDep, store: StoreDep, db:
         if not status.answers_csv:
             raise ApiError(404, "answers_missing", "the pipeline recorded no answers CSV for this upload",
                            hint="Use the JSON answers (without ?format=csv).")
+        if not status.answers_csv.startswith(store.uri(settings.answers_prefix)):
+            # Only the pipeline's answers are ever read for a client, whatever a record says.
+            raise ApiError(404, "answers_missing", f"the answers CSV is not under {settings.answers_prefix}",
+                           hint="Use the JSON answers (without ?format=csv); the operator sets "
+                                "QA_ANSWERS_PREFIX to the pipeline's --answers_prefix.")
         chunks = store.open_chunks(status.answers_csv)
-        filename = posixpath.basename(status.answers_csv)
-        return StreamingResponse(chunks, media_type="text/csv; charset=utf-8",
-                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return StreamingResponse(chunks, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": content_disposition(posixpath.basename(status.answers_csv))})
     total, _, _ = db.answer_counts(status.object, status.generation)
-    rows = db.answers(status.object, status.generation, offset, limit)
+    rows = db.answers(status.object, status.generation, offset, limit, settings.max_page_bytes)
+    following = offset + len(rows)
     return AnswersPage(upload_id=upload_id, object=status.object, generation=status.generation, total=total,
-                       offset=offset, limit=limit, answers=[Answer(**row) for row in rows])
+                       offset=offset, limit=limit, next_offset=following if following < total else None,
+                       answers=[Answer(**row) for row in rows])

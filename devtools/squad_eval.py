@@ -20,7 +20,7 @@ import string
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from beam_qa.dev.squad import load_articles
+from devtools.squad import load_articles
 
 HELD_OUT_ARTICLES = ("Packet_switching", "Black_Death", "Geology")
 

