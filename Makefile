@@ -105,22 +105,16 @@ bench: $(STAMP)
 bench-overhead: $(STAMP)
 	$(PY) -m devtools.postgres run -- $(PY) -m benchmarks.overhead $(BENCH_ARGS)
 
-## The handler on a CUDA GPU: fp16 and bf16, a sweep of batch sizes and token budgets, no baseline.
-## Needs only torch, transformers, tokenizers, numpy and apache-beam (README "Throughput").
+## Every GPU figure on a CUDA machine in one command, within a time budget: JSON files in benchmarks/results/gpu/.
+## The handler in fp32, fp16 and bf16 over batch sizes and token budgets; the bounded pipeline with PostgreSQL per
+## file shape. Runs under python3 as it is (no venv): docs/benchmarks.md "GPU" (an offline machine: gpu-bundle).
 bench-gpu:
-	python3 -m benchmarks.throughput --device cuda --no-baseline --variants handler \
-		--precisions fp16,bf16 --batch-size 64,256,1024 --tokens-per-forward 16384,65536,262144 $(BENCH_ARGS)
+	python3 -m benchmarks.gpu_session $(BENCH_ARGS)
 
-## The wheels (cp312) and SQuAD sample bench-gpu needs on an offline GPU machine, in .cache/gpu-bundle/.
-## Carry that folder: the cp312 wheels of benchmarks/gpu_wheels.txt and the SQuAD sample.
+## What bench-gpu needs on an offline GPU machine, in .cache/gpu-bundle/ to carry (fails if a call would pass 64 MiB).
+## The cp312 wheels of benchmarks/gpu_wheels.txt at the locked versions, installed and packed, and the SQuAD sample.
 gpu-bundle: $(STAMP)
-	rm -rf .cache/gpu-bundle && mkdir -p .cache/gpu-bundle
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-		--platform manylinux_2_34_x86_64 -r benchmarks/gpu_wheels.txt -d .cache/gpu-bundle/wheels
-	cp "$$($(PY) -c 'from devtools.squad import default_squad_path; print(default_squad_path())')" \
-		.cache/gpu-bundle/squad-v1.1-dev-sample.json
-	du -sh .cache/gpu-bundle
+	$(PY) -m benchmarks.gpu_bundle
 
 ## The demo model: all-MiniLM-L6-v2 fine-tuned for QA offline, cached in .cache/demo-model/.
 ## Trained on 9 SQuAD articles and judged on 3 others (about 15 minutes on 2 cores). Not part of make test.
