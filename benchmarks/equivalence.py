@@ -8,9 +8,10 @@ model and rows, and compares ``(answer, start, end)`` and ``score``.
 
 Every disagreement is printed with both answers and scores, so a near-tie (two spans
 whose scores differ in the last digits, where batching's different float summation
-order can flip the winner) can be told from a bug. Prints one JSON object last and
-exits non-zero when agreement is under the required 99.5% or a score differs by more
-than 1e-3 on an agreeing row.
+order can flip the winner) can be told from a bug. A row agrees when both give the same
+span with scores equal to within ``SCORE_REL_TOLERANCE`` of their size, or when both fail
+for the same reason. Prints one JSON object last and exits non-zero when agreement is
+under the required 99.5%.
 
 Usage: ``make equivalence`` (or ``python -m benchmarks.equivalence [--squad-rows N]``)
 """
@@ -27,7 +28,12 @@ from collections import Counter
 from benchmarks import common
 
 REQUIRED_AGREEMENT = 0.995
-SCORE_TOLERANCE = 1e-3
+# Relative: the random-weight model's scores are small (8e-5 to 1e-2 on these rows: a softmax
+# over hundreds of spans), so the absolute 1e-3 this replaces accepted nearly any score. Batching
+# and ONNX Runtime's fused fp32 graph move them by at most 3e-6 of their size (2.6e-6 measured
+# on the AMD EPYC); a real difference in decoding (a lost normalisation, an answer's windows not
+# merged) moves them by percents.
+SCORE_REL_TOLERANCE = 1e-4
 
 
 def build_rows(squad: int, long_context: int, unicode: int, long_question: int) -> list[dict]:
@@ -60,13 +66,13 @@ def compare(rows: list[dict], reference: list[dict], ours: list[dict]) -> dict:
     for index, (row, ref, own) in enumerate(zip(rows, reference, ours)):
         total_by_kind[row["kind"]] += 1
         if "error" in ref or "error" in own:
-            same = "error" in ref and "error" in own
+            same = "error" in ref and "error" in own and same_failure(ref["error"], own["error"])
         else:
             same_span = (ref["answer"], ref["start"], ref["end"]) == (own["answer"], own["start"], own["end"])
-            diff = abs(ref["score"] - own["score"])
+            diff = relative_difference(ref["score"], own["score"])
             if same_span:
                 max_score_diff = max(max_score_diff, diff)
-            same = same_span and diff <= SCORE_TOLERANCE
+            same = same_span and diff <= SCORE_REL_TOLERANCE
         if same:
             agree_by_kind[row["kind"]] += 1
             continue
@@ -77,8 +83,26 @@ def compare(rows: list[dict], reference: list[dict], ours: list[dict]) -> dict:
     return {
         "rows": len(rows), "agreed": agreed, "agreement": round(agreed / len(rows), 5),
         "by_kind": {kind: {"rows": total_by_kind[kind], "agreed": agree_by_kind[kind]} for kind in total_by_kind},
-        "disagreements": disagreements, "max_score_diff_on_agreeing_rows": max_score_diff,
+        "disagreements": disagreements, "max_relative_score_diff_on_same_spans": max_score_diff,
     }
+
+
+def relative_difference(a: float, b: float) -> float:
+    """``|a - b|`` as a share of the larger of the two (0 when both are 0)."""
+    scale = max(abs(a), abs(b))
+    return abs(a - b) / scale if scale else 0.0
+
+
+def same_failure(reference_error: str, own_error: str) -> bool:
+    """Both rows failed for the same reason.
+
+    The reference records ``"ExceptionType: message"``. Our row errors that come from an
+    exception (``question too long for max_seq_len 384: ...``, ``model failed on this row:
+    ...``) end with that exception's message, so the same failure carries the same message;
+    a row error of ours with no exception behind it (an empty question, say) never matches.
+    """
+    message = reference_error.split(": ", 1)[-1].strip()
+    return bool(message) and own_error.strip().endswith(message)
 
 
 def _describe(record: dict) -> str:
@@ -108,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": "distilbert-base-sized, random weights (devtools.tiny_model --size base)",
         "reference": f"transformers {ref_summary['transformers']} question-answering pipeline, row by row",
         "reference_elapsed_s": round(ref_summary["elapsed_s"], 1), "ours_elapsed_s": round(ours_elapsed, 1),
-        "required_agreement": REQUIRED_AGREEMENT, "score_tolerance": SCORE_TOLERANCE,
+        "required_agreement": REQUIRED_AGREEMENT, "score_relative_tolerance": SCORE_REL_TOLERANCE,
     })
     report["passed"] = report["rows"] >= 1000 and report["agreement"] >= REQUIRED_AGREEMENT
     print(json.dumps(report, indent=2))

@@ -11,8 +11,12 @@ It exits 1 when bf16 loses more than the bound, or when a measured loss falls on
 other side of the bound from ``beam_qa.qa.precision.MEASURED_F1_LOSS`` (the table ``auto``
 decides by), so the table cannot drift from the measurement.
 
+It measures the best demo model built (the full recipe, else the quick one: see
+``devtools.demo_model.RECIPES``) and says which. ``make test`` runs it on the model its
+demo-model test uses (``tests/integration/test_quality.py``), so CI checks the table on every run.
+
 Usage: ``make quality`` (``python -m benchmarks.quality [--precisions fp32,bf16,fp16,int8]``);
-needs ``make demo-model`` first.
+needs a demo model: ``make demo-model`` (or ``python -m devtools.demo_model --recipe quick``).
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     model_dir = demo_model.built_model()
     if model_dir is None:
-        print("error: the demo model is not built; run `make demo-model` first (about 15 minutes).",
-              file=sys.stderr)
+        print("error: the demo model is not built; run `make demo-model` first (about 15 minutes), or "
+              "`python -m devtools.demo_model --recipe quick` for the shorter build.", file=sys.stderr)
         return 1
     import torch
     info = demo_model.build_info(model_dir)
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     report: dict = {
-        "benchmark": "quality", "model": str(model_dir), "held_out_articles": list(squad_eval.HELD_OUT_ARTICLES),
+        "benchmark": "quality", "model": str(model_dir), "recipe": info.get("recipe_name", "full"),
+        "held_out_articles": list(squad_eval.HELD_OUT_ARTICLES),
         "questions": len(held_out), "bound_f1_points": precisions.QUALITY_BOUND_F1,
         "machine": {"cpu_features": list(precisions.cpu_features()), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},

@@ -82,6 +82,17 @@ def base_model(tmp_path_factory) -> str:
     return str(build_model(tmp_path_factory.mktemp("model") / "base", "base"))
 
 
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The demo model (a real QA model): the full build when one is cached, else the quick recipe.
+
+    The quick recipe is built here when nothing is cached (a fresh clone, CI), once: it stays
+    under ``.cache/demo-model/`` for later runs, as ``make demo-model`` would leave it.
+    """
+    from devtools import demo_model
+    return demo_model.built_model() or demo_model.build(recipe=demo_model.RECIPES["quick"])
+
+
 # A word the poisoned model's tokenizer knows but its embeddings do not: any batch holding
 # it makes the real forward pass raise "index out of range" (either runtime), like a model/tokenizer mismatch would.
 POISON = "qqboomqq"

@@ -13,7 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+
+from tests.ci import missing
 
 # Parses JSON into one of gcloud's generated API messages (apitools), the way gcloud does before
 # it calls the API, and lists every field the message does not know: misspelt keys and enum
@@ -46,9 +47,7 @@ def gcloud_or_skip() -> str:
     """The gcloud executable; the test is skipped without one (and fails under CI, which has it)."""
     found = shutil.which("gcloud")
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("gcloud is not installed; CI needs the Google Cloud CLI")
-        pytest.skip("gcloud is not installed")
+        missing("gcloud is not installed (the Google Cloud CLI)")
     return found
 
 

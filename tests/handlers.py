@@ -16,6 +16,8 @@ from beam_qa.qa.handler import QuestionAnsweringModelHandler
 ANSWERED_ON: dict[str, int] = {}
 # how many more forward passes must fail (FlakyHandler)
 FAILURES_LEFT = [0]
+# one callable per batch, called (and dropped) before that batch is answered (HookedHandler)
+BEFORE_BATCHES: list = []
 FORWARD_CALLS = [0]
 _LOCK = threading.Lock()
 
@@ -29,6 +31,17 @@ class RecordingHandler(QuestionAnsweringModelHandler):
             for question, _ in batch:
                 ANSWERED_ON[question] = threading.get_ident()
         return results
+
+
+class HookedHandler(QuestionAnsweringModelHandler):
+    """The real handler; before each batch, calls the next callable of ``BEFORE_BATCHES`` (if any)."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        with _LOCK:
+            hook = BEFORE_BATCHES.pop(0) if BEFORE_BATCHES else None
+        if hook:
+            hook()
+        return super().run_inference(batch, model, inference_args)
 
 
 class _FailingForward:

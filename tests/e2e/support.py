@@ -85,16 +85,21 @@ def upload(bucket, name: str, data: bytes):
     return blob
 
 
-def wait_for_status(stack, uri: str, generation: int, status: str, timeout: float = DEADLINE_SECS) -> float:
-    """Seconds until qa_files holds ``status`` for that version; fails after ``timeout``."""
+def wait_for_status(stack, uri: str, generation: int, status: str | tuple[str, ...],
+                    timeout: float = DEADLINE_SECS) -> str:
+    """Waits until qa_files holds ``status`` (or one of several) for that version; returns it.
+
+    ``timeout`` is how long to wait before calling the pipeline stuck, not a bound on its speed.
+    """
+    wanted = (status,) if isinstance(status, str) else status
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         rows = query(stack.config.pg_dsn, "SELECT status FROM qa_files WHERE source_uri = %s "
                      "AND source_generation = %s", (uri, generation))
-        if rows and rows[0][0] == status:
-            return time.monotonic() - start
+        if rows and rows[0][0] in wanted:
+            return rows[0][0]
         time.sleep(0.1)
-    pytest.fail(f"{uri}#{generation} did not reach {status} within {timeout}s; "
+    pytest.fail(f"{uri}#{generation} did not reach {' or '.join(wanted)} within {timeout}s; "
                 f"pipeline log tail:\n{(stack.config.run_dir / 'pipeline.log').read_text()[-3000:]}")
 
 

@@ -22,6 +22,7 @@ failure down to that row. No test-only code path is needed in the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import os
@@ -32,6 +33,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -350,6 +352,30 @@ def _row_counts(faults: Faults, uri: str, generation: int | None = None) -> tupl
     return query(faults.dsn, sql, params)[0]
 
 
+@contextlib.contextmanager
+def answers_held(dsn: str) -> Iterator[None]:
+    """Holds every write of answers until the block ends: an event to wait for, not a moment to catch.
+
+    The test's own transaction (straight to PostgreSQL, not through the proxy) locks ``qa_answers``
+    against writes. A file claimed meanwhile is "received" and its first commit waits on the lock,
+    with none of its rows in, for as long as the test needs, however fast the machine.
+    """
+    import psycopg
+    with psycopg.connect(dsn) as conn:
+        conn.execute("LOCK TABLE qa_answers IN SHARE MODE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def _answer_writes_waiting(dsn: str) -> int:
+    """Sessions waiting for the lock ``answers_held`` holds."""
+    return query(dsn, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                 "WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                 "AND c.relname = 'qa_answers' AND NOT l.granted")[0][0]
+
+
 def _wait_until(check, what: str, timeout: float, faults: Faults) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -475,18 +501,19 @@ def test_a_row_the_model_fails_on_becomes_a_row_error_and_the_stream_goes_on(fau
 
 def test_postgres_unreachable_for_30s_delays_but_loses_nothing(faults):
     outage_secs = 30
-    rows = 80
-    blob = upload(faults.bucket, "incoming/pgdown/during.csv", squad_csv(900, rows))
-    uri = faults.uri(blob)
-    # Cut PostgreSQL while the file is between its "received" record and its last answers.
-    wait_for_status(faults.services, uri, blob.generation, "received", timeout=60)
-    faults.pg_proxy.cut()
+    rows = 20
+    # Cut PostgreSQL while the file is between its "received" record and its answers: its first
+    # commit waits on the test's lock when the cut comes, and dies with its connection.
+    with answers_held(faults.dsn):
+        blob = upload(faults.bucket, "incoming/pgdown/during.csv", squad_csv(900, rows))
+        uri = faults.uri(blob)
+        _wait_until(lambda: _answer_writes_waiting(faults.dsn) > 0, "the pipeline never wrote answers", 60, faults)
+        faults.pg_proxy.cut()
     try:
         started = time.monotonic()
-        assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)], \
-            "the file was answered before the cut; make it bigger"
+        assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)]
         at_cut = _row_counts(faults, uri)
-        assert at_cut[0] < rows
+        assert at_cut == (0, 0)
         while time.monotonic() - started < outage_secs:
             assert faults.bucket.get_blob(blob.name) is not None, "source deleted while PostgreSQL was unreachable"
             assert _row_counts(faults, uri) == at_cut  # nothing can be committed
@@ -512,16 +539,17 @@ def test_postgres_unreachable_for_30s_delays_but_loses_nothing(faults):
 
 
 def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_while_down(faults):
-    rows = 400  # enough that the kill lands mid-file even on a quiet machine
-    big = upload(faults.bucket, "incoming/kill/big.csv", squad_csv(1000, rows))
-    uri = faults.uri(big)
-    wait_for_status(faults.services, uri, big.generation, "received", timeout=60)
-    proc = faults.pipeline.procs.pop("pipeline")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)], \
-        "the file finished before the kill; make it bigger"
-    assert _row_counts(faults, uri)[0] < rows
+    rows = 40
+    # Killed mid-file: claimed and answered, its commit waiting on the test's lock.
+    with answers_held(faults.dsn):
+        big = upload(faults.bucket, "incoming/kill/big.csv", squad_csv(1000, rows))
+        uri = faults.uri(big)
+        _wait_until(lambda: _answer_writes_waiting(faults.dsn) > 0, "the pipeline never wrote answers", 60, faults)
+        proc = faults.pipeline.procs.pop("pipeline")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert query(faults.dsn, "SELECT status FROM qa_files WHERE source_uri = %s", (uri,)) == [("received",)]
+    assert _row_counts(faults, uri) == (0, 0)
 
     # Uploaded while the pipeline is down, and its notification lost (the DirectRunner had already
     # acked the big file's on pull; this one is drained here): only the sweeper can find them.

@@ -10,6 +10,7 @@ is then refused: files go on being answered by B.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -61,7 +62,12 @@ def stack(tmp_path_factory, models):
         pipeline_args=[f"--model_watch_pattern=gs://qa-models/models/*/{model_manifest.MANIFEST}",
                        f"--model_watch_interval_secs={WATCH_SECS}"])
     running = Stack(config)
-    with stack_environment(config):
+    # The pipeline copies a gs:// model under its temp directory, keyed by the model's name
+    # alone, and reuses a copy it finds there: a temp directory of its own keeps another run's
+    # "models/2026-11-02-b" (same weights, but another tokenizer) from answering here.
+    (config.run_dir / "tmp").mkdir()
+    with stack_environment(config), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(config.run_dir / "tmp"))
         try:
             running.start_pubsub()
             running.start_gcs()
@@ -74,6 +80,19 @@ def stack(tmp_path_factory, models):
             yield running
         finally:
             running.stop()
+
+
+def weights_digest(model_dir: Path) -> str:
+    """The 12 hex digits a local model's rows are named by: the SHA-256 of its weight file."""
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def spans(model_dir: Path, precision: str, rows: list[tuple]) -> list[tuple[int, int]]:
+    """``(start, end)`` of the answer the model at ``model_dir`` gives each ``(question, context, ...)`` row."""
+    from beam_qa.qa.handler import QuestionAnsweringModelHandler
+    handler = QuestionAnsweringModelHandler(str(model_dir), device="cpu", precision=precision)
+    results = handler.run_inference([(row[0], row[1]) for row in rows], handler.load_model())
+    return [(r.inference.span.start, r.inference.span.end) for r in results]
 
 
 def _answer_and_check(stack, names: list[str], start: int) -> dict[str, set[str]]:
@@ -106,7 +125,20 @@ def test_files_after_a_new_model_is_published_are_answered_by_it(stack, models):
 
     after = _answer_and_check(stack, ["b1", "b2", "b3"], 100)
     models_b = set().union(*after.values())
-    assert len(models_b) == 1 and next(iter(models_b)).startswith(model_b), models_b
+    # The rows name B by its weights: the revision is the SHA-256 of B's own weight file.
+    (model_id_b,) = models_b
+    assert model_id_b.startswith(f"{model_b}@{weights_digest(models[1])} "), model_id_b
+    assert model_id_b.split("@")[1].split()[0] != weights_digest(models[0])
+    # And B's weights answered them: the stored spans are the ones B gives here, not A's.
+    stored = query(stack.config.pg_dsn, "SELECT question, context, answer_start, answer_end FROM qa_answers "
+                   "WHERE source_uri LIKE %s ORDER BY source_uri, row_index", ("%/incoming/models/b_.csv",))
+    assert len(stored) == 24
+    precision = model_id_b.split()[1]
+    same_as = {name: sum(got == want for got, want in zip([r[2:] for r in stored], spans(local, precision, stored)))
+               for name, local in (("A", models[0]), ("B", models[1]))}
+    # Random weights: spans are the argmax of nearly flat logits, so another batch's padding can
+    # flip a near-tie; A and B agree on almost none.
+    assert same_as["B"] >= 0.9 * len(stored) and same_as["A"] <= 0.5 * len(stored), same_as
     # Every file was answered by one complete model: A's before the switch, B's after it.
     assert all(len(rows) == 1 for rows in {**before, **after}.values())
     # Each version loaded once in the pipeline's process (the warm-up's load of A is that one).

@@ -100,8 +100,9 @@ def test_a_file_slower_than_the_sweep_grace_is_read_answered_and_written_once(st
     busy_sweeps = re.findall(r"swept gs://qa-overlap/incoming/\*\*: 0 to start of 1 CSV files older than 5s "
                              r"\(1 finished or in flight\)", log)
     took = (completed_at - received_at).total_seconds()
-    assert took > 3 * SWEEP_GRACE_SECS and len(busy_sweeps) >= 2, (
-        f"the file took {took:.0f}s and {len(busy_sweeps)} sweeps saw it in flight: not the case under test")
+    if not (took > 3 * SWEEP_GRACE_SECS and len(busy_sweeps) >= 2):
+        pytest.skip(f"this machine answered the file in {took:.0f}s and {len(busy_sweeps)} sweep(s) saw it in "
+                    "flight: too fast for the case under test (a file that outlives several sweeps)")
     # Read once: one attempt, one "received" line; answered once: each row committed by attempt 1.
     assert attempt == 1
     assert log.count(f"received {uri}#{blob.generation}") == 1
@@ -121,7 +122,9 @@ def test_two_generations_of_one_name_answered_at_once_keep_their_own_answers(sta
     name = "incoming/regen/same.csv"
     first = upload(bucket, name, _rows(400, 60, "first"))
     uri = f"gs://{bucket.name}/{name}"
-    wait_for_status(stack, uri, first.generation, "received", timeout=120)
+    if wait_for_status(stack, uri, first.generation, ("received", "done"), timeout=120) == "done":
+        pytest.skip("this machine answered 60 rows before the test saw the file in flight: too fast for a "
+                    "re-upload to overlap it")
     second = upload(bucket, name, _rows(500, 5, "second"))   # while the first is being answered
     for blob, rows, tag in ((first, 60, "first"), (second, 5, "second")):
         wait_for_status(stack, uri, blob.generation, "done", timeout=300)

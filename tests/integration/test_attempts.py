@@ -237,13 +237,16 @@ class _Replay:
 
 # --- a file that never finishes -----------------------------------------------------------------
 
-class _Listing:
-    """A storage client whose bucket listing the test sets."""
+class Listing:
+    """A storage client whose bucket listing the test sets (or makes fail, with ``failure``)."""
 
     def __init__(self, infos: list[ObjectInfo]):
         self.infos = infos
+        self.failure: Exception | None = None
 
     def list(self, pattern: str) -> list[ObjectInfo]:
+        if self.failure:
+            raise self.failure
         return list(self.infos)
 
     def close(self) -> None:
@@ -252,7 +255,7 @@ class _Listing:
 
 def test_the_sweep_retries_a_stalled_file_and_abandons_one_whose_source_is_gone(settings):
     stalled, vanished = event("stalled.csv"), event("vanished.csv")
-    listing = _Listing([ObjectInfo(stalled.uri, stalled.generation, 100, time.time() - 3600)])
+    listing = Listing([ObjectInfo(stalled.uri, stalled.generation, 100, time.time() - 3600)])
     with runtime.override(storage_factory=lambda _settings: listing):
         store = runtime.postgres(settings)
         for ev in (stalled, vanished):

@@ -8,19 +8,25 @@ are complete:
 * the notification stage of the streaming source over crafted GCS notifications;
 * a run whose output locations cannot be written (sink and quarantine failures);
 * a run whose model runs out of memory once and fails on one row (retries, model row errors);
-* a rerun over a finished file and a file another attempt holds (claims that start nothing).
+* a rerun over a finished file and a file another attempt holds (claims that start nothing);
+* a run whose storage fails the way GCS can (a read that fails, a source gone before it is
+  read, a delete that fails) beside a stalled attempt and one superseded while it reads;
+* a run during which a newer model is published under ``--model_watch_pattern``.
 
-Metrics that need a fault these runs cannot cause on purpose (listed in NOT_INDUCED; the
-streaming sweeper's are driven in tests/integration/test_attempts.py and the e2e tests) are
-checked to be emitted by the code, by name.
+The streaming-only stages (the sweeper, and a commit or a CSV that meets a superseded attempt or
+missing rows) are driven directly, the way the runner calls them, in the interleavings Dataflow
+can produce, with their metric updates collected the way the runner collects a bundle's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import apache_beam as beam
@@ -29,7 +35,6 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics.metric import MetricsFilter
 
 from beam_qa import metrics, runtime, secret_manager
-from beam_qa.errors import FileErrorKind, RowErrorKind
 from beam_qa.metrics import NAMESPACE
 from beam_qa.launch import run
 from beam_qa.records import FileEvent
@@ -45,14 +50,20 @@ REPO = Path(__file__).resolve().parents[2]
 SECRET = "projects/test-project/secrets/beam-qa-pg-password/versions/7"
 PASSWORD = "pw-9f2c1e-never-log-me"
 
-# Emitted only on faults these runs cannot cause cheaply (storage outages, a source deleted
-# mid-way, overlapping attempts, a model published while the job runs: tests/e2e/test_model_update.py)
-# or by the streaming sweeper; checked in the code by name.
-NOT_INDUCED = {"read_failures", "events_ignored_gone", "file_errors_source_gone", "sink_failures_postgres",
-               "delete_failures", "sweeps", "files_swept", "files_abandoned", "sweep_failures", "files_retried",
-               "chunks_superseded", "rows_stale", "row_errors_no_answer", "model_swaps",
-               # tests/integration/test_hostile_input.py and the e2e tests drive these
-               "file_errors_gave_up", "leftovers_deleted", "models_refused"}
+# No input found makes the handler report "no answer span found": a context without tokens gets an
+# empty answer with score 0 (every example has at least one window, and every window a candidate).
+# The hostile-input metrics are induced and asserted where those inputs are made:
+# tests/integration/test_hostile_input.py (gave_up, leftovers, refused models) and the e2e tests.
+NOT_INDUCED = {"row_errors_no_answer", "file_errors_gave_up", "leftovers_deleted", "models_refused"}
+# Induced by the runs here, documented, and yet not reported: defects, each with a strict xfail test
+# below that starts passing (and so fails, as XPASS) once it is mended.
+NOT_REPORTED = {
+    # ReadCsvRows turns a source that is gone into a failed file without counting it as a file error.
+    "file_errors_source_gone",
+    # The model watcher swaps in its own thread, outside any bundle, where Beam drops metric updates
+    # (the handler reports model loads with its next batch for that reason; swaps need the same).
+    "model_swaps",
+}
 
 def read_metrics(result) -> tuple[dict[str, int], dict[str, dict]]:
     """Counters (summed over steps) and distributions (merged over steps) in the beam_qa namespace."""
@@ -232,6 +243,192 @@ def claims_run(tmp_path_factory, tiny_model):
     return read_metrics(result)[0]
 
 
+class _FaultyStorage:
+    """The run's real storage client, failing the way GCS can for the files named in ``faults``."""
+
+    def __init__(self, real, on_read: dict, undeletable: set[str]):
+        self._real = real
+        self._on_read = on_read
+        self._undeletable = undeletable
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def read_bytes(self, uri: str, generation: int | None = None, max_bytes: int | None = None) -> bytes:
+        hook = self._on_read.get(Path(uri).name)
+        if hook:
+            hook(uri)
+        return self._real.read_bytes(uri, generation, max_bytes=max_bytes)
+
+    def delete_generation(self, uri: str, generation: int) -> bool:
+        if Path(uri).name in self._undeletable:
+            raise ConnectionError("connection reset by peer (injected by the test)")
+        return self._real.delete_generation(uri, generation)
+
+
+def _raise(error: Exception):
+    def hook(_uri: str):
+        raise error
+    return hook
+
+
+@pytest.fixture(scope="module")
+def storage_faults_run(tmp_path_factory, tiny_model):
+    """Storage that fails: a read error, a source gone before it is read, a delete that fails;
+    beside a file whose earlier attempt died (its lease expired) and one another worker takes
+    over while this attempt reads it."""
+    from beam_qa.store.postgres import PostgresStore
+    from beam_qa.storage import SourceGone, Storage
+    incoming = tmp_path_factory.mktemp("metrics-storage") / "in"
+    incoming.mkdir()
+    names = ("undeletable.csv", "gone.csv", "flaky.csv", "stalled.csv", "superseded.csv")
+    for index, name in enumerate(names):
+        (incoming / name).write_bytes(squad_csv(60 + 2 * index, 2))
+    dsn = fresh_database("beam_qa_metrics_storage")
+
+    def file_event(name: str, trigger: str) -> FileEvent:
+        stat = (incoming / name).stat()
+        return FileEvent(str(incoming / name), stat.st_mtime_ns, stat.st_size, str(incoming), name, 0.0, trigger)
+
+    def expire(name: str) -> None:
+        query(dsn, "UPDATE qa_files SET lease_until = now() - interval '1 second' WHERE source_uri = %s "
+              "RETURNING 1", (str(incoming / name),))
+
+    other = PostgresStore(PostgresSettings(dsn))  # another worker's
+    other.open()
+
+    def supersede(_uri: str) -> None:
+        # This attempt stalls while reading; another worker finds its lease expired and starts the next.
+        expire("superseded.csv")
+        assert other.claim(file_event("superseded.csv", "sweep:elsewhere")) == 2
+
+    try:
+        assert other.claim(file_event("stalled.csv", "pubsub:dead-worker")) == 1  # a worker that died
+        expire("stalled.csv")
+        faults = {"gone.csv": _raise(SourceGone("no such object (deleted by the test)")),
+                  "flaky.csv": _raise(ConnectionError("connection reset by peer (injected by the test)")),
+                  "superseded.csv": supersede}
+        with runtime.override(storage_factory=lambda settings: _FaultyStorage(Storage(settings), faults,
+                                                                               {"undeletable.csv"})):
+            result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={tiny_model}", f"--pg_dsn={dsn}"])
+    finally:
+        other.close()
+    return read_metrics(result)[0], incoming, dsn
+
+
+@pytest.fixture(scope="module")
+def model_swap_run(tmp_path_factory, tiny_model):
+    """A newer model is published under --model_watch_pattern after the first batch, and swapped in."""
+    base = tmp_path_factory.mktemp("metrics-swap")
+    models, incoming = base / "models", base / "in"
+    incoming.mkdir()
+    (incoming / "rows.csv").write_bytes(squad_csv(80, 4))
+
+    def publish(name: str) -> Path:
+        target = models / name
+        shutil.copytree(tiny_model, target, ignore=shutil.ignore_patterns("config.json", ".*"))
+        shutil.copy(Path(tiny_model) / "config.json", target / "config.json")  # last: what publishes it
+        return target
+
+    publish("a")
+    dsn = fresh_database("beam_qa_metrics_swap")
+    swapped = threading.Event()
+
+    class _Swaps(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("beam_qa switched to model"):
+                swapped.set()
+
+    def publish_b_and_wait_for_the_swap():
+        publish("b")
+        assert swapped.wait(60), "the watcher never swapped in model b"
+
+    watch_log = logging.getLogger("beam_qa.qa.model_watch")
+    listener, level = _Swaps(), watch_log.level
+    watch_log.addHandler(listener)
+    watch_log.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            handlers.install(patch, handlers.HookedHandler)
+            # The first batch is answered by model a; b is published and swapped in before the second.
+            handlers.BEFORE_BATCHES[:] = [lambda: None, publish_b_and_wait_for_the_swap]
+            result = run([f"--input_pattern={incoming / '*.csv'}", "--model=unused",
+                          f"--model_watch_pattern={models}/*/config.json", "--model_watch_interval_secs=0.2",
+                          f"--pg_dsn={dsn}", "--max_batch_size=1", "--keep_source"])
+    finally:
+        watch_log.removeHandler(listener)
+        watch_log.setLevel(level)
+        from beam_qa.qa import model_watch
+        model_watch.stop_all()
+    assert swapped.is_set()
+    rows_by_model = {model.split("@")[0].rsplit("/", 1)[-1]: count for model, count in
+                     query(dsn, "SELECT model, count(*) FROM qa_answers GROUP BY model")}
+    return read_metrics(result)[0], rows_by_model
+
+
+@contextlib.contextmanager
+def bundle_metrics() -> Iterator[dict[str, int]]:
+    """Collects the block's metric updates the way the runner collects a bundle's; fills the dict on exit."""
+    from apache_beam.metrics.execution import MetricsContainer
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+    container, counters = MetricsContainer("direct"), {}
+    sampler = statesampler.StateSampler("direct", CounterFactory())
+    statesampler.set_current_tracker(sampler)
+    sampler.start()
+    try:
+        with sampler.scoped_state("direct", "process", metrics_container=container):
+            yield counters
+    finally:
+        sampler.stop()
+        statesampler.set_current_tracker(None)
+    counters.update({key.metric.name: value for key, value in container.get_cumulative().counters.items()
+                     if key.metric.namespace == NAMESPACE})
+
+
+@pytest.fixture(scope="module")
+def direct_run():
+    """The streaming-only paths, driven directly: sweeps (one failing), a commit of a superseded
+    attempt's rows, and an answers CSV whose rows are not all in PostgreSQL."""
+    import time
+
+    from beam_qa.records import CompletedFile
+    from beam_qa.settings import StorageSettings, SweepSettings
+    from beam_qa.sinks.transforms import _WriteCsvFn  # pylint: disable=protected-access
+    from beam_qa.sources import _SweepFn  # pylint: disable=protected-access
+    from beam_qa.storage import ObjectInfo
+    from tests.integration.test_attempts import BUCKET, Bundles, Listing, event, expire_lease, outcomes, start
+    settings = PostgresSettings(fresh_database("beam_qa_metrics_direct"), retry_secs=10, lease_secs=60)
+    stalled, vanished, overtaken, partial = (event(name) for name in ("stalled.csv", "vanished.csv",
+                                                                      "overtaken.csv", "partial.csv"))
+    listing = Listing([ObjectInfo(stalled.uri, stalled.generation, 100, time.time() - 3600)])
+    with bundle_metrics() as counters, runtime.override(storage_factory=lambda _settings: listing):
+        store = runtime.postgres(settings)
+        for ev in (stalled, vanished):
+            Bundles(settings).run(*outcomes(start(store, ev, 4, 2)[0]))  # half done, then its worker died
+            expire_lease(settings.dsn, ev)
+        sweep = _SweepFn(SweepSettings(bucket=BUCKET, interval_secs=60, grace_secs=0), "incoming/", settings,
+                         StorageSettings())
+        sweep.setup()
+        assert [e.uri for e in sweep.process("tick-1")] == [stalled.uri]
+        listing.failure = ConnectionError("listing failed (injected by the test)")
+        assert list(sweep.process("tick-2")) == []
+        # Attempt 1's rows arrive after attempt 2 started: dropped, not mixed in.
+        old = start(store, overtaken, 2, 2)
+        expire_lease(settings.dsn, overtaken)
+        start(store, overtaken, 2, 2)
+        assert Bundles(settings).run(*outcomes(old[0], "old")) == []
+        # "Complete" by the count of the commit, yet a row is missing from PostgreSQL.
+        (chunk,) = start(store, partial, 2, 2)
+        Bundles(settings).run(*outcomes(chunk)[:1])
+        writer = _WriteCsvFn("gs://unused/answers/", settings, StorageSettings())
+        writer.setup()
+        assert writer.process(CompletedFile(event=partial, attempt=chunk.attempt, row_count=2)) == []
+    assert query(settings.dsn, "SELECT source_uri, status FROM qa_files ORDER BY 1") == [
+        (overtaken.uri, "received"), (partial.uri, "received"), (stalled.uri, "received"), (vanished.uri, "failed")]
+    return counters
+
+
 def test_the_table_and_the_registry_agree():
     """A metric defined in beam_qa/metrics.py without a row in docs/metrics.md (or the reverse) fails here."""
     defined = {**metrics.REGISTRY, **metrics.RUNINFERENCE_METRICS}
@@ -247,28 +444,12 @@ def test_no_stage_names_a_metric_by_string():
     assert not re.findall(r"metrics\.(?:counter|distribution)\(", sources)
 
 
-def test_metrics_not_induced_here_are_emitted_by_the_code():
-    sources = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "beam_qa").rglob("*.py")
-                        if p.name != "metrics.py")
-    objects = {getattr(metrics, attr).name: attr for attr in dir(metrics)
-               if isinstance(getattr(metrics, attr), (metrics._Counter, metrics._Distribution))}  # pylint: disable=protected-access
-    for name in NOT_INDUCED:
-        if name in objects:
-            assert f"metrics.{objects[name]}." in sources, f"{name} is never updated"
-        elif name.startswith("events_ignored_"):
-            assert f'events_ignored("{name[len("events_ignored_"):]}")' in sources, name
-        elif name.startswith("file_errors_"):
-            assert f"FileErrorKind.{name[len('file_errors_'):].upper()}" in sources, name
-        else:
-            kind = RowErrorKind(name[len("row_errors_"):])
-            assert f"RowErrorKind.{kind.name}" in sources, name
-
-
 def test_every_documented_metric_is_emitted(main_run, notification_run, failing_outputs_run, failing_model_run,
-                                            claims_run):
+                                            claims_run, storage_faults_run, model_swap_run, direct_run):
     emitted = (set(main_run["counters"]) | set(main_run["distributions"]) | set(notification_run)
-               | set(failing_outputs_run[0]) | set(failing_model_run[0]) | set(claims_run))
-    missing = set(documented()) - NOT_INDUCED - emitted
+               | set(failing_outputs_run[0]) | set(failing_model_run[0]) | set(claims_run)
+               | set(storage_faults_run[0]) | set(model_swap_run[0]) | set(direct_run))
+    missing = set(documented()) - NOT_INDUCED - NOT_REPORTED - emitted
     assert not missing, f"documented but not emitted by the runs: {sorted(missing)}"
     for name, kind in documented().items():
         if name in main_run["counters"] or name in main_run["distributions"]:
@@ -370,3 +551,44 @@ def test_a_passing_shortage_is_retried_and_a_failing_row_is_a_row_error(failing_
     rows = query(dsn, "SELECT row_index, answer IS NULL, error FROM qa_answers ORDER BY row_index")
     assert [(index, no_answer) for index, no_answer, _ in rows] == [(0, False), (1, True), (2, False)]
     assert rows[1][2].startswith("model failed on this row: ") and "index out of range" in rows[1][2]
+
+
+def test_storage_fault_figures(storage_faults_run):
+    counters, incoming, dsn = storage_faults_run
+    assert counters["files_claimed"] == 5
+    assert counters["files_retried"] == 1                  # stalled.csv, as attempt 2
+    assert counters["events_ignored_gone"] == 1
+    assert counters["read_failures"] == 1                   # flaky.csv, left for the sweeper
+    assert counters["chunks_superseded"] == 1               # superseded.csv's one chunk, not answered
+    assert counters["files_done"] == 2 and counters["sources_deleted"] == 1
+    assert counters["delete_failures"] == 1                 # undeletable.csv: answered, and kept
+    assert (incoming / "undeletable.csv").exists() and not (incoming / "stalled.csv").exists()
+    # Only the attempt that took superseded.csv over still holds a lease; flaky.csv's was given back.
+    assert query(dsn, "SELECT regexp_replace(source_uri, '.*/', ''), status, attempt, "
+                 "status = 'received' AND lease_until > now() FROM qa_files ORDER BY 1") == [
+        ("flaky.csv", "received", 1, False), ("gone.csv", "failed", 1, False), ("stalled.csv", "done", 2, False),
+        ("superseded.csv", "received", 2, True), ("undeletable.csv", "done", 1, False)]
+
+
+def test_sweep_commit_and_csv_figures(direct_run):
+    assert direct_run["sweeps"] == 2
+    assert direct_run["files_swept"] == 1 and direct_run["files_abandoned"] == 1
+    assert direct_run["sweep_failures"] == 1
+    assert direct_run["rows_stale"] == 2
+    assert direct_run["sink_failures_postgres"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="NOT_REPORTED: a source that is gone is not counted as a file error")
+def test_a_source_gone_is_counted_as_a_file_error(storage_faults_run):
+    assert storage_faults_run[0].get("file_errors_source_gone", 0) == 1
+
+
+def test_the_swapped_in_model_answers_the_rest(model_swap_run):
+    counters, rows_by_model = model_swap_run
+    assert counters["rows_answered"] == 4
+    assert rows_by_model == {"a": 1, "b": 3}  # one batch of one row before the swap
+
+
+@pytest.mark.xfail(strict=True, reason="NOT_REPORTED: the watcher counts a swap outside any bundle")
+def test_a_model_swap_is_counted(model_swap_run):
+    assert model_swap_run[0].get("model_swaps", 0) == 1

@@ -182,11 +182,45 @@ def test_a_files_rows_cross_a_shuffle_between_reading_and_inference(offline, mod
     assert parse not in reachable, "a path from ReadCsvRows to RunInference avoids the shuffle"
 
 
-def test_job_carries_the_secret_name_but_never_a_password(offline):
-    job = dry_run(["--input_subscription=projects/test-project/subscriptions/qa-uploads-pipeline",
-                   "--input_bucket=test-bucket"])
+PASSWORD = "pw-graph-4e1f-never-in-a-job"
+
+
+def pickled_functions(job) -> list[bytes]:
+    """Every DoFn of the job graph as the raw pickle a worker unpickles (Beam stores it compressed)."""
+    import base64
+    import bz2
+    import zlib
+
+    from apache_beam.portability.api import beam_runner_api_pb2
+    found = []
+    for transform in job.proto_pipeline.components.transforms.values():
+        if transform.spec.urn != "beam:transform:pardo:v1":
+            continue
+        packed = base64.b64decode(beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn.payload)
+        found.append(bz2.decompress(packed) if packed.startswith(b"BZh") else zlib.decompress(packed))
+    return found
+
+
+def test_job_carries_the_secret_name_but_never_a_password(offline, monkeypatch):
+    from beam_qa import runtime
+    from beam_qa.settings import PostgresSettings
+    from beam_qa.store.postgres import PostgresStore
+    fetched = []
+    monkeypatch.setattr(secret_manager, "access_secret_version", lambda name: fetched.append(name) or PASSWORD)
+    monkeypatch.setattr(PostgresStore, "open", lambda self: None)
+    try:
+        # The password is in this process (a store fetched it), where a careless stage could capture it.
+        runtime.postgres(PostgresSettings("host=10.0.0.3 dbname=beam_qa user=beam_qa", password_secret=SECRET))
+        job = dry_run(["--input_subscription=projects/test-project/subscriptions/qa-uploads-pipeline",
+                       "--input_bucket=test-bucket"])
+    finally:
+        runtime.close()
+    assert fetched == [SECRET], "building the graph read the secret"
     options = json.dumps(job.options.get_all_options(drop_default=True))
-    assert SECRET in options
-    assert "password" not in json.loads(options)["pg_dsn"]
-    # Nothing read the secret while building the graph or preparing the job: the offline
-    # fixture's access_secret_version fails the test when called.
+    assert SECRET in options and PASSWORD not in options
+    functions = pickled_functions(job)
+    # The stages that connect carry the secret's name (so this reads the graph's real contents) ...
+    assert sum(SECRET.encode() in pickled for pickled in functions) >= 3
+    # ... and no stage carries the password.
+    assert not [pickled for pickled in functions if PASSWORD.encode() in pickled]
+    assert PASSWORD not in job.json()

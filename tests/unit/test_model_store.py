@@ -74,13 +74,30 @@ def test_int8_runs_through_onnx_runtime_without_deprecation_warnings(tiny_model)
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert deprecations == []
     assert type(model.model).__name__ == "OnnxQaRunner" and " int8 cpu(" in model.model_id
-    fp32 = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision="fp32")
-    reference = list(fp32.run_inference(ROWS, fp32.load_model()))
-    for got, want, (_, context) in zip(results, reference, ROWS):
+    for got, (_, context) in zip(results, ROWS):
         span = got.inference.span
         assert span and context[span.start:span.end] == span.answer
-        # Same model, int8 weights: the scores stay close to fp32's.
-        assert span.score == pytest.approx(want.inference.span.score, abs=0.05)
+
+
+def test_int8_gives_fp32s_answers_with_scores_within_5_percent(tiny_model):
+    """Same model, int8 weights: the same spans, and scores close *relative to their own size*.
+
+    The tiny model's weights are random, so its scores are small (about 1e-4 to 1e-2) and its
+    spans are the argmax of nearly flat logits: any real change to the arithmetic moves most of
+    them. Per-channel int8 keeps all but a near-tie or two (40 of 42 here) and each score within
+    a fraction of a percent.
+    """
+    from devtools.squad import squad_rows
+    rows = ROWS + [(r["question"], r["context"]) for r in squad_rows(40)]
+    answers = {}
+    for precision in ("fp32", "int8"):
+        handler = QuestionAnsweringModelHandler(tiny_model, device="cpu", precision=precision)
+        answers[precision] = [r.inference.span for r in handler.run_inference(rows, handler.load_model())]
+    pairs = list(zip(answers["fp32"], answers["int8"]))
+    same = [(a, b) for a, b in pairs if (a.start, a.end) == (b.start, b.end)]
+    assert len(same) >= 0.9 * len(rows), f"int8 agrees with fp32 on {len(same)} of {len(rows)} spans"
+    worst = max(abs(b.score - a.score) / a.score for a, b in same)
+    assert worst <= 0.05, f"an int8 score differs from fp32's by {worst:.1%}"
 
 
 def test_fp32_on_a_cpu_runs_on_onnx_runtime_by_default_with_torchs_answers(tiny_model):

@@ -80,6 +80,20 @@ def test_precision_flag_replaces_quantize():
         parser.parse_args(["--precision=int4"])
 
 
-def test_describe_device_names_the_cpu_features():
-    described = precisions.describe_device("cpu")
-    assert described.startswith("cpu(") and described.endswith(")")
+@pytest.mark.parametrize("features, expected", [
+    # The distinctive features; AVX2 and AVX-512F say nothing once VNNI or BF16 are named.
+    (SAPPHIRE_RAPIDS, "cpu(avx512_vnni,avx_vnni,avx512_bf16,amx_tile,amx_bf16,amx_int8)"),
+    (ZEN4, "cpu(avx512_vnni,avx_vnni,avx512_bf16)"),
+    (("avx2", "avx512f"), "cpu(avx2,avx512f)"),
+    (AVX2_ONLY, "cpu(avx2)"),
+])
+def test_describe_device_names_the_cpu_features(features, expected, monkeypatch):
+    monkeypatch.setattr(precisions, "cpu_features", lambda: features)
+    assert precisions.describe_device("cpu") == expected
+
+
+def test_describe_device_without_features_names_the_architecture(monkeypatch):
+    import platform
+    monkeypatch.setattr(precisions, "cpu_features", lambda: ())
+    assert precisions.describe_device("cpu") == f"cpu({platform.machine()})"
+

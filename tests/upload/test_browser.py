@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from devtools.squad import squad_rows
+from tests.ci import missing
 from tests.conftest import csv_bytes
 from tests.upload.conftest import API_KEYS, KEYS, chromium_path, log_tail, served
 
@@ -23,10 +23,7 @@ FINAL = ("done", "failed", "rejected")
 def page(tmp_path):
     executable = chromium_path()
     if executable is None:
-        reason = "Debian's chromium is not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must run the browser test")
-        pytest.skip(reason)
+        missing("Debian's chromium is not installed (apt-get install chromium chromium-driver)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         # A persistent context is how Playwright takes a --user-data-dir: a fresh one per test.
