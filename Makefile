@@ -117,7 +117,7 @@ gpu-bundle: $(STAMP)
 	$(PY) -m benchmarks.gpu_bundle
 
 ## The demo model: all-MiniLM-L6-v2 fine-tuned for QA offline, cached in .cache/demo-model/.
-## Trained on 9 SQuAD articles and judged on 3 others (about 15 minutes on 2 cores). Not part of make test.
+## Trained on 9 SQuAD articles and judged on 3 others (about 15 minutes on 2 cores). make test builds a quicker one.
 demo-model: $(STAMP)
 	$(PY) -m devtools.demo_model
 

@@ -127,6 +127,7 @@ class _ReadCsvFn(WorkerDoFn):
             # Deleted, or replaced by a newer upload (which has its own event): nothing to answer.
             metrics.EVENTS_IGNORED.inc()
             metrics.events_ignored("gone").inc()
+            metrics.file_errors(FileErrorKind.SOURCE_GONE).inc()
             _LOGGER.info("not reading %s: that generation no longer exists", event.key)
             yield pvalue.TaggedOutput(FILE_ERRORS, FileFailure(
                 event=event, attempt=attempt, kind=FileErrorKind.SOURCE_GONE.value,

@@ -183,7 +183,11 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             self._unreported_loads = 0
         if self._settings.watch_pattern:
             # The newest published model for every new batch (a batch never changes model midway).
-            model = self._watcher().current()
+            watcher = self._watcher()
+            model = watcher.current()
+            swaps = watcher.take_swaps()
+            if swaps:
+                metrics.MODEL_SWAPS.inc(swaps)
         predictions = self._answer_isolating(list(batch), model)
         return [PredictionResult(example, prediction, model.model_id) for example, prediction in zip(batch, predictions)]
 

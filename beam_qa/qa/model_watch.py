@@ -28,7 +28,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from beam_qa import metrics
 from beam_qa.errors import UsageError
 from beam_qa.qa.model_manifest import MANIFEST, ModelRefusedError
 
@@ -94,6 +93,9 @@ class ModelWatcher:
         self._refused: set[PublishedModel] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Swaps happen in this watcher's thread, outside any bundle, where Beam drops a metric
+        # update: the handler reports them with its next batch (take_swaps), once per process.
+        self._unreported_swaps = 0
 
     def start(self) -> None:
         """Loads the newest published model that passes its check now, then watches for newer ones."""
@@ -111,6 +113,12 @@ class ModelWatcher:
         """The model every new batch should use."""
         with self._lock:
             return self._current
+
+    def take_swaps(self) -> int:
+        """The swaps not reported yet, now counted as reported (``metrics.MODEL_SWAPS``)."""
+        with self._lock:
+            swaps, self._unreported_swaps = self._unreported_swaps, 0
+            return swaps
 
     @property
     def directory(self) -> str | None:
@@ -138,8 +146,9 @@ class ModelWatcher:
             return False
         with self._lock:
             previous, self._directory, self._current = self._directory, directory, loaded
+            if previous is not None:
+                self._unreported_swaps += 1
         if previous is not None:
-            metrics.MODEL_SWAPS.inc()
             self._evict(previous)
             _LOGGER.info("beam_qa switched to model %s (was %s)", directory, previous)
         return True

@@ -23,13 +23,15 @@ quality"):
   ``RECIPE["keep_fp32"]`` would stay fp32; on the demo model keeping the feed-forward output
   layers in fp32 did not help (README), so none is kept.
 
-The exported files (fused fp32, and quantized int8) are cached per weights revision under
-``$QA_ONNX_CACHE`` (default: ``<tmp>/beam_qa_models/onnx``), so a process exports at most once.
+The exported files (fused fp32, and quantized int8) are cached per weights revision and per
+code that built them under ``$QA_ONNX_CACHE`` (default: ``<tmp>/beam_qa_models/onnx``), so a
+process exports at most once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -57,8 +59,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("QA_ONNX_CACHE") or Path(tempfile.gettempdir()) / "beam_qa_models" / "onnx")
 
 
-def _recipe_digest() -> str:
-    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:8]
+@functools.cache
+def _build_digest() -> str:
+    """Names what built a cached file: the recipe, this module's code and the runtimes' versions.
+
+    A file built by other code (an older beam-qa on a reused machine or volume) is never reused.
+    """
+    import onnx
+    import onnxruntime
+    import torch
+    built_by = {"recipe": RECIPE, "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+                "versions": [onnx.__version__, onnxruntime.__version__, torch.__version__]}
+    return hashlib.sha256(json.dumps(built_by, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @contextlib.contextmanager
@@ -142,7 +154,7 @@ def fused_file(qa_model, input_names: list[str], revision: str) -> Path:
         optimize(exported, staging / "model.fused.onnx", qa_model.config)
         for name in ("model.onnx", "model.onnx.data"):
             (staging / name).unlink(missing_ok=True)
-    return _build_once(cache_root() / f"{revision}-fp32", "model.fused.onnx", build)
+    return _build_once(cache_root() / f"{revision}-fp32-{_build_digest()}", "model.fused.onnx", build)
 
 
 def quantized_file(qa_model, input_names: list[str], revision: str) -> Path:
@@ -154,7 +166,7 @@ def quantized_file(qa_model, input_names: list[str], revision: str) -> Path:
         quantize(fused, staging / "model.int8.onnx")
         for name in ("model.onnx", "model.onnx.data", "model.fused.onnx", "model.fused.onnx.data"):
             (staging / name).unlink(missing_ok=True)
-    return _build_once(cache_root() / f"{revision}-{_recipe_digest()}", "model.int8.onnx", build)
+    return _build_once(cache_root() / f"{revision}-{_build_digest()}", "model.int8.onnx", build)
 
 
 class OnnxQaRunner:

@@ -37,6 +37,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from beam_qa import metrics, runtime, secret_manager
 from beam_qa.metrics import NAMESPACE
 from beam_qa.launch import run
+from beam_qa.qa import model_manifest
 from beam_qa.records import FileEvent
 from beam_qa.settings import PostgresSettings
 from tests import handlers
@@ -55,15 +56,9 @@ PASSWORD = "pw-9f2c1e-never-log-me"
 # The hostile-input metrics are induced and asserted where those inputs are made:
 # tests/integration/test_hostile_input.py (gave_up, leftovers, refused models) and the e2e tests.
 NOT_INDUCED = {"row_errors_no_answer", "file_errors_gave_up", "leftovers_deleted", "models_refused"}
-# Induced by the runs here, documented, and yet not reported: defects, each with a strict xfail test
-# below that starts passing (and so fails, as XPASS) once it is mended.
-NOT_REPORTED = {
-    # ReadCsvRows turns a source that is gone into a failed file without counting it as a file error.
-    "file_errors_source_gone",
-    # The model watcher swaps in its own thread, outside any bundle, where Beam drops metric updates
-    # (the handler reports model loads with its next batch for that reason; swaps need the same).
-    "model_swaps",
-}
+# Induced by the runs here, documented, and yet not reported (a defect goes here, with a strict
+# xfail test, until it is mended): none.
+NOT_REPORTED: set[str] = set()
 
 def read_metrics(result) -> tuple[dict[str, int], dict[str, dict]]:
     """Counters (summed over steps) and distributions (merged over steps) in the beam_qa namespace."""
@@ -326,8 +321,10 @@ def model_swap_run(tmp_path_factory, tiny_model):
 
     def publish(name: str) -> Path:
         target = models / name
-        shutil.copytree(tiny_model, target, ignore=shutil.ignore_patterns("config.json", ".*"))
-        shutil.copy(Path(tiny_model) / "config.json", target / "config.json")  # last: what publishes it
+        shutil.copytree(tiny_model, target, ignore=shutil.ignore_patterns(model_manifest.MANIFEST, ".*"))
+        staged = target / ".manifest.partial"  # renamed into place last: what publishes the model
+        staged.write_text(json.dumps(model_manifest.build(target)))
+        staged.rename(target / model_manifest.MANIFEST)
         return target
 
     publish("a")
@@ -353,13 +350,12 @@ def model_swap_run(tmp_path_factory, tiny_model):
             # The first batch is answered by model a; b is published and swapped in before the second.
             handlers.BEFORE_BATCHES[:] = [lambda: None, publish_b_and_wait_for_the_swap]
             result = run([f"--input_pattern={incoming / '*.csv'}", "--model=unused",
-                          f"--model_watch_pattern={models}/*/config.json", "--model_watch_interval_secs=0.2",
+                          f"--model_watch_pattern={models}/*/{model_manifest.MANIFEST}", "--model_watch_interval_secs=0.2",
                           f"--pg_dsn={dsn}", "--max_batch_size=1", "--keep_source"])
     finally:
         watch_log.removeHandler(listener)
         watch_log.setLevel(level)
-        from beam_qa.qa import model_watch
-        model_watch.stop_all()
+        runtime.close()  # stops the watcher
     assert swapped.is_set()
     rows_by_model = {model.split("@")[0].rsplit("/", 1)[-1]: count for model, count in
                      query(dsn, "SELECT model, count(*) FROM qa_answers GROUP BY model")}
@@ -393,7 +389,7 @@ def direct_run():
     import time
 
     from beam_qa.records import CompletedFile
-    from beam_qa.settings import StorageSettings, SweepSettings
+    from beam_qa.settings import OutputSettings, StorageSettings, SweepSettings
     from beam_qa.sinks.transforms import _WriteCsvFn  # pylint: disable=protected-access
     from beam_qa.sources import _SweepFn  # pylint: disable=protected-access
     from beam_qa.storage import ObjectInfo
@@ -407,8 +403,8 @@ def direct_run():
         for ev in (stalled, vanished):
             Bundles(settings).run(*outcomes(start(store, ev, 4, 2)[0]))  # half done, then its worker died
             expire_lease(settings.dsn, ev)
-        sweep = _SweepFn(SweepSettings(bucket=BUCKET, interval_secs=60, grace_secs=0), "incoming/", settings,
-                         StorageSettings())
+        sweep = _SweepFn(SweepSettings(bucket=BUCKET, interval_secs=60, grace_secs=0, incoming_prefix="incoming/"),
+                         settings, StorageSettings())
         sweep.setup()
         assert [e.uri for e in sweep.process("tick-1")] == [stalled.uri]
         listing.failure = ConnectionError("listing failed (injected by the test)")
@@ -421,7 +417,7 @@ def direct_run():
         # "Complete" by the count of the commit, yet a row is missing from PostgreSQL.
         (chunk,) = start(store, partial, 2, 2)
         Bundles(settings).run(*outcomes(chunk)[:1])
-        writer = _WriteCsvFn("gs://unused/answers/", settings, StorageSettings())
+        writer = _WriteCsvFn(OutputSettings(answers_prefix="answers/"), settings, StorageSettings())
         writer.setup()
         assert writer.process(CompletedFile(event=partial, attempt=chunk.attempt, row_count=2)) == []
     assert query(settings.dsn, "SELECT source_uri, status FROM qa_files ORDER BY 1") == [
@@ -578,7 +574,6 @@ def test_sweep_commit_and_csv_figures(direct_run):
     assert direct_run["sink_failures_postgres"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="NOT_REPORTED: a source that is gone is not counted as a file error")
 def test_a_source_gone_is_counted_as_a_file_error(storage_faults_run):
     assert storage_faults_run[0].get("file_errors_source_gone", 0) == 1
 
@@ -589,6 +584,5 @@ def test_the_swapped_in_model_answers_the_rest(model_swap_run):
     assert rows_by_model == {"a": 1, "b": 3}  # one batch of one row before the swap
 
 
-@pytest.mark.xfail(strict=True, reason="NOT_REPORTED: the watcher counts a swap outside any bundle")
 def test_a_model_swap_is_counted(model_swap_run):
     assert model_swap_run[0].get("model_swaps", 0) == 1
