@@ -224,7 +224,7 @@ def collate(batch: list[dict]):
             "start_targets": start_targets, "end_targets": end_targets}
 
 
-def qa_loss(outputs, batch) -> "torch.Tensor":
+def qa_loss(outputs, batch):
     """Cross-entropy of the start and end logits against every reference answer's share.
 
     With one reference this is ``BertForQuestionAnswering``'s own loss; with several, the

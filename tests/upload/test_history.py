@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 
-import psycopg
 import pytest
 
 from tests.conftest import csv_bytes, fresh_database, query
@@ -89,7 +88,7 @@ def test_the_history_lists_stored_and_rejected_uploads_newest_first_in_pages(his
 def test_progress_while_received_counts_the_rows_the_pipeline_has_committed(history_client):
     client = history_client
     accepted = post(client, "progress.csv", GOOD).json()
-    upload_id, uri, generation = accepted["upload_id"], accepted["object"], accepted["generation"]
+    upload_id = accepted["upload_id"]
     dsn = client.settings.pg_dsn
 
     def seen() -> tuple:

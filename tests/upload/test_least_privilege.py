@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PG_BASE_DSN, csv_bytes, fresh_database
-from tests.upload.conftest import API_KEYS, REPO, PipelineRecords, create_bucket, key_header
+from tests.upload.conftest import REPO, PipelineRecords
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_the_service_works_as_its_own_role_which_cannot_change_the_schema(make_c
                           "DROP TABLE qa_answers", "CREATE INDEX ON qa_uploads (filename)",
                           "INSERT INTO qa_files (source_uri, source_generation, status) VALUES ('x', 1, 'done')",
                           "DELETE FROM qa_answers", "UPDATE qa_files SET status = 'done'", "SELECT * FROM qa_chunks",
-                          f"INSERT INTO beam_qa_schema_migrations (version, name) VALUES (99, 'x')"):
+                          "INSERT INTO beam_qa_schema_migrations (version, name) VALUES (99, 'x')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
     # The service cannot migrate either: QA_APPLY_MIGRATIONS as this role on an old schema fails.
