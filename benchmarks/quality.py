@@ -58,11 +58,12 @@ def verdicts(report: dict) -> list[str]:
         measured_ok = result["f1_loss_vs_fp32"] <= bound
         if name == "bf16" and not measured_ok:
             problems.append(f"bf16 loses {result['f1_loss_vs_fp32']} F1 points, more than the bound {bound}")
+        key = precisions.loss_key(name)
         if precisions.within_quality_bound(name) != measured_ok:
             problems.append(
                 f"{name}: measured loss {result['f1_loss_vs_fp32']} is "
-                f"{'within' if measured_ok else 'beyond'} the bound {bound}, but MEASURED_F1_LOSS says "
-                f"{precisions.MEASURED_F1_LOSS.get(name)}; update beam_qa/qa/precision.py")
+                f"{'within' if measured_ok else 'beyond'} the bound {bound}, but MEASURED_F1_LOSS[{key!r}] says "
+                f"{precisions.MEASURED_F1_LOSS.get(key)}; update beam_qa/qa/precision.py")
     return problems
 
 

@@ -27,14 +27,14 @@ def test_measurements_on_the_tables_side_of_the_bound_pass():
 
 def test_a_precision_the_table_allows_that_loses_more_than_the_bound_fails():
     problems = quality.verdicts(report(fp32=0.0, bf16=0.3, fp16=0.1, int8=1.6))
-    assert problems == ["int8: measured loss 1.6 is beyond the bound 1.0, but MEASURED_F1_LOSS says 0.1; "
+    assert problems == ["int8: measured loss 1.6 is beyond the bound 1.0, but MEASURED_F1_LOSS['int8'] says 0.1; "
                         "update beam_qa/qa/precision.py"]
 
 
 def test_a_precision_the_table_rules_out_that_measures_within_the_bound_fails(monkeypatch):
     monkeypatch.setitem(precisions.MEASURED_F1_LOSS, "fp16", 2.5)
     problems = quality.verdicts(report(fp32=0.0, bf16=0.3, fp16=0.2, int8=0.1))
-    assert problems == ["fp16: measured loss 0.2 is within the bound 1.0, but MEASURED_F1_LOSS says 2.5; "
+    assert problems == ["fp16: measured loss 0.2 is within the bound 1.0, but MEASURED_F1_LOSS['fp16'] says 2.5; "
                         "update beam_qa/qa/precision.py"]
 
 
