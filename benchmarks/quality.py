@@ -7,9 +7,10 @@ and prints one JSON object: EM/F1 per precision, the F1 lost against fp32, the s
 answers identical to fp32, whether each precision runs fast on this CPU, the CPU's
 features, and what ``--precision auto`` picks here.
 
-It exits 1 when bf16 loses more than the bound, or when a measured loss falls on the
-other side of the bound from ``beam_qa.qa.precision.MEASURED_F1_LOSS`` (the table ``auto``
-decides by), so the table cannot drift from the measurement.
+It exits 1 when bf16 loses more than the bound, or when a precision that
+``beam_qa.qa.precision.MEASURED_F1_LOSS`` (the table ``auto`` decides by, which keeps the largest
+loss measured on any machine) puts within the bound loses more here: the table can be too
+cautious for one machine, never too bold.
 
 It measures the best demo model built (the full recipe, else the quick one: see
 ``devtools.demo_model.RECIPES``) and says which. ``make test`` runs it on the model its
@@ -51,20 +52,38 @@ def measure(model_dir: str, precision: str, questions) -> tuple[dict, list[str]]
 
 
 def verdicts(report: dict) -> list[str]:
-    """What is wrong with the measurement against the bound and the table; empty when fine."""
+    """What is wrong with the measurement against the bound and the table; empty when fine.
+
+    The table keeps each precision's largest loss on any machine measured, so a smaller loss here
+    is no contradiction (``notes``); a precision the table lets ``auto`` choose that loses more
+    than the bound here is one.
+    """
     problems = []
     bound = precisions.QUALITY_BOUND_F1
     for name, result in report["precisions"].items():
-        measured_ok = result["f1_loss_vs_fp32"] <= bound
-        if name == "bf16" and not measured_ok:
-            problems.append(f"bf16 loses {result['f1_loss_vs_fp32']} F1 points, more than the bound {bound}")
-        key = precisions.loss_key(name)
-        if precisions.within_quality_bound(name) != measured_ok:
-            problems.append(
-                f"{name}: measured loss {result['f1_loss_vs_fp32']} is "
-                f"{'within' if measured_ok else 'beyond'} the bound {bound}, but MEASURED_F1_LOSS[{key!r}] says "
-                f"{precisions.MEASURED_F1_LOSS.get(key)}; update beam_qa/qa/precision.py")
+        loss = result["f1_loss_vs_fp32"]
+        if name == "bf16" and loss > bound:
+            problems.append(f"bf16 loses {loss} F1 points, more than the bound {bound}")
+        if loss > bound and precisions.within_quality_bound(name):
+            problems.append(f"{name}: measured loss {loss} is beyond the bound {bound}, but "
+                            f"MEASURED_F1_LOSS[{name!r}] says {precisions.MEASURED_F1_LOSS.get(name)}; "
+                            "update beam_qa/qa/precision.py")
     return problems
+
+
+def notes(report: dict) -> list[str]:
+    """Measurements that differ from the table without contradicting it, for whoever keeps it."""
+    out = []
+    for name, result in report["precisions"].items():
+        recorded = precisions.MEASURED_F1_LOSS.get(name)
+        loss = result["f1_loss_vs_fp32"]
+        if recorded is not None and loss > recorded and precisions.within_quality_bound(name):
+            out.append(f"{name}: measured loss {loss} is above the recorded {recorded} (both within the bound): "
+                       "the table keeps the largest")
+        elif recorded is not None and loss <= precisions.QUALITY_BOUND_F1 < recorded:
+            out.append(f"{name}: measured loss {loss} is within the bound here; the table keeps {recorded}, the "
+                       "largest measured elsewhere, so auto does not choose it")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     report["recorded_f1_loss"] = dict(precisions.MEASURED_F1_LOSS)
     problems = verdicts(report)
     report["problems"] = problems
+    report["notes"] = notes(report)
     print(json.dumps(report, indent=2))
     return 1 if problems else 0
 

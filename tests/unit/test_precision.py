@@ -60,19 +60,16 @@ def test_auto_takes_the_fastest_supported_precision_within_the_bound(losses, fea
 def test_auto_never_picks_a_precision_that_loses_more_than_the_bound(features):
     """Against the table that ships (make quality keeps it true to the measurement)."""
     chosen = precisions.choose("cpu", features)
-    assert precisions.MEASURED_F1_LOSS[precisions.loss_key(chosen, "cpu", features)] <= precisions.QUALITY_BOUND_F1
+    assert precisions.MEASURED_F1_LOSS[chosen] <= precisions.QUALITY_BOUND_F1
 
 
-@pytest.mark.parametrize("features, key", [
-    (AVX2_ONLY, "int8_no_vnni"), (ZEN4, "int8"), (SAPPHIRE_RAPIDS, "int8"), (("avx2", "avx_vnni"), "int8"),
+@pytest.mark.parametrize("features, expected", [
+    (AVX2_ONLY, "fp32"), (ZEN4, "bf16"), (SAPPHIRE_RAPIDS, "bf16"), (("avx2", "avx512f", "avx512_vnni"), "fp32"),
 ])
-def test_int8_without_vnni_is_judged_by_its_own_measurement(features, key, monkeypatch):
-    """ONNX Runtime's int8 kernels without VNNI lost 2.1 F1 points where VNNI's lost 0.12: auto runs fp32 there."""
-    assert precisions.loss_key("int8", "cpu", features) == key
-    assert precisions.loss_key("bf16", "cpu", features) == "bf16"
-    monkeypatch.setattr(precisions, "MEASURED_F1_LOSS", {"fp32": 0, "bf16": 0.3, "int8": 0.1, "int8_no_vnni": 2.1})
-    assert precisions.choose("cpu", features) == ("fp32" if key == "int8_no_vnni" else
-                                                  "bf16" if features == SAPPHIRE_RAPIDS else "int8")
+def test_auto_never_chooses_int8_on_a_cpu_with_the_shipped_table(features, expected):
+    """The quick demo model lost 2.13 (AVX2 only) and 2.64 (AMX and VNNI) F1 points in int8."""
+    assert precisions.MEASURED_F1_LOSS["int8"] > precisions.QUALITY_BOUND_F1
+    assert precisions.choose("cpu", features) == expected
 
 
 def test_int8_on_cuda_is_refused_with_what_to_pass():
