@@ -129,11 +129,12 @@ _NAME_IN_BODY = re.compile(rb'"name"\s*:\s*"([^"]*)"')
 
 
 class GcsProxy:
-    """An HTTP proxy in front of fake-gcs-server that can fail uploads under a name prefix."""
+    """An HTTP proxy in front of fake-gcs-server that fails uploads, denies deletes or stalls downloads by name."""
 
     def __init__(self, upstream_url: str):
         parsed = urllib.parse.urlsplit(upstream_url)
         self._upstream = (parsed.hostname, parsed.port)
+        self._upstream_url = upstream_url.rstrip("/").encode()
         self._lock = threading.Lock()
         self._failing: str | None = None
         self.failures: list[str] = []
@@ -170,10 +171,14 @@ class GcsProxy:
                     data = response.read()
                 finally:
                     conn.close()
+                # fake-gcs-server names itself in the links it returns (mediaLink, a resumable
+                # upload's Location): name the proxy instead, so that a download goes through it.
+                if (response.getheader("Content-Type") or "").startswith("application/json"):
+                    data = data.replace(proxy._upstream_url, proxy.url.encode())
                 self.send_response(response.status, response.reason)
                 for key, value in response.getheaders():
                     if key.lower() not in _HOP_HEADERS | {"date", "server"}:
-                        self.send_header(key, value)
+                        self.send_header(key, value.replace(proxy._upstream_url.decode(), proxy.url))
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -593,7 +598,9 @@ def test_a_done_file_whose_delete_failed_is_deleted_by_the_next_sweep(faults):
         faults.gcs_proxy.deny_deletes(None)
     # Once it is older than the sweep's grace, the next sweep finds it done and deletes it.
     wait_gone(faults.bucket, blob.name, timeout=120)
-    assert f"deleted {uri}#{blob.generation}: it is finished, and its own delete had failed" in faults.log()
+    # The sweeper logs the delete once it has returned: wait for the line, not for the moment after.
+    _wait_until(lambda: f"deleted {uri}#{blob.generation}: it is finished, and its own delete had failed"
+                in faults.log(), "the sweep did not say why it deleted the file", 30, faults)
     assert query(faults.dsn, "SELECT status, attempt FROM qa_files WHERE source_uri = %s", (uri,)) == [("done", 1)]
     assert _row_counts(faults, uri) == (3, 3)
 
