@@ -1,8 +1,8 @@
 """`make quality` in the suite: the recorded F1-loss table that `--precision auto` decides by holds.
 
 ``benchmarks.quality`` measures EM/F1 of the demo model on its held-out articles in every
-precision and fails when a measured loss falls on the other side of the bound from
-``MEASURED_F1_LOSS`` (or bf16 loses more than the bound). Here it measures the demo model the
+precision and fails when a precision that ``MEASURED_F1_LOSS`` puts within the bound loses more
+than the bound (or bf16 does). Here it measures the demo model the
 suite uses (``demo_model_dir``: the full build when cached, else the quick recipe), so every
 `make test`, CI included, checks the table against a measurement.
 """
