@@ -77,7 +77,7 @@ def notes(report: dict) -> list[str]:
     for name, result in report["precisions"].items():
         recorded = precisions.MEASURED_F1_LOSS.get(name)
         loss = result["f1_loss_vs_fp32"]
-        if recorded is not None and loss > recorded and precisions.within_quality_bound(name):
+        if recorded is not None and recorded < loss <= precisions.QUALITY_BOUND_F1:
             out.append(f"{name}: measured loss {loss} is above the recorded {recorded} (both within the bound): "
                        "the table keeps the largest")
         elif recorded is not None and loss <= precisions.QUALITY_BOUND_F1 < recorded:
