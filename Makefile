@@ -14,7 +14,7 @@ DEPS   := $(VENV)/.locked
 CHECK_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .DEFAULT_GOAL := help
-.PHONY: help check install lock upgrade-locks run up down test test-fast docs clean bench-load equivalence bench bench-overhead demo-model quality bench-gpu gpu-bundle
+.PHONY: help check install lock upgrade-locks run up down test test-fast fuzz docs clean bench-load equivalence bench bench-overhead demo-model quality bench-gpu gpu-bundle
 
 ## List the targets, one line each.
 help:
@@ -83,6 +83,10 @@ down:
 ## The whole test suite (unit, integration, end-to-end), on an embedded PostgreSQL unless QA_TEST_PG_DSN is set.
 test: $(STAMP)
 	$(PY) -m pytest
+
+## The property-based tests of the parsers (tests/fuzz/) at 10,000 examples per property; make test runs fewer.
+fuzz: $(STAMP)
+	QA_FUZZ_PROFILE=fuzz $(PY) -m pytest tests/fuzz --timeout=0
 
 ## Unit tests only (no services).
 test-fast: $(STAMP)
