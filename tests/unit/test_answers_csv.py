@@ -33,3 +33,18 @@ def test_formula_prefixes_are_neutralised():
     for cell in ("=SUM(A1)", "+1", "-2", "@cmd", "\tx"):
         assert neutralise_formula(cell) == "'" + cell
     assert neutralise_formula("plain") == "plain"
+
+
+def test_every_cell_is_quoted_so_another_separator_cannot_start_a_formula():
+    # A spreadsheet set to ";" splits an unquoted `x;=1+1` into `x` and the formula `=1+1`; quoted,
+    # the whole cell is one string whatever the separator (OWASP: quote every field).
+    header = ("id", "question", "context", "note")
+    text = render_answers_csv(header, [(0, "q;=1+1", "c\tc", ["x;=1+1", "a,b"], "x", 0.5, 0, 1, None, "m")])
+    lines = text.split("\r\n")
+    assert lines[0] == '"id","question","context","note","answer","score","answer_start","answer_end","error","model"'
+    assert lines[1] == '"x;=1+1","q;=1+1","c\tc","a,b","x","0.5","0","1","","m"'
+    assert lines[2] == ""
+    # Still read back cell for cell, and the prefix check still applies to each whole cell.
+    assert list(csv.reader(io.StringIO(text)))[1][:4] == ["x;=1+1", "q;=1+1", "c\tc", "a,b"]
+    assert render_answers_csv(("question", "context"), [(0, "=1+1", "c", [], "", None, None, None, None, None)]) \
+        .split("\r\n")[1] == '"\'=1+1","c","","","","","",""'
