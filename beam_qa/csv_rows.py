@@ -35,14 +35,19 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # at a record boundary (a file of nothing but newlines costs one regex match, not a loop). One
 # character class, so that the match needs no memory per line.
 _BLANK_LINES = re.compile(rb"[ \t,\r\n]*[\r\n]")
-# A record's separators (commas) allowed before it is refused: csv.reader builds every cell of a
-# record before we see it (~60 bytes per cell), so a line of millions of tiny cells would cost
-# 20 times its size. Allowed: what --max_columns columns and a context of --max_context_chars
-# characters written as a comma list could need (54,000 by default: a few MB of cells at most),
-# or one per 16 bytes of the record, whichever is more, so that a row is refused only when its
-# cells would cost more than ~4 times its size.
-_SEPARATORS_PER_COLUMN = 4
-_BYTES_PER_SEPARATOR = 16
+# A record's cells allowed before it is refused: csv.reader builds every cell of a record before
+# we see it (up to ~100 bytes per cell: a 1-character astral string is an 80-byte object plus its
+# list slot), so a line of millions of tiny cells would cost 20 to 30 times its size. Allowed:
+# 4 per --max_columns column, or one per 16 bytes of the record, whichever is more, so that a row
+# is refused only when its cells would cost more than ~6 times its size. Commas are counted first
+# (C speed); only a record with more commas than that is split into cells by hand, because a
+# quoted cell may hold any number of commas at no cost (a context that is a comma list).
+_CELLS_PER_COLUMN = 4
+_BYTES_PER_CELL = 16
+# A quoted cell after its opening quote: anything but a quote, or a doubled quote, then the closing
+# quote. Possessive, so that sre keeps no backtracking state per repetition (constant memory).
+_QUOTED_CELL_REST = re.compile(rb'(?:[^"]++|"")*+"')
+_UNQUOTED_CELL = re.compile(rb'[^,\r\n]*')
 _UTF8_CHECK_CHUNK = 1 << 16
 
 
@@ -319,16 +324,47 @@ class _Lines:
         self._data = data
         self._pos = len(_BOM) if data.startswith(_BOM) else 0
         self._limits = (max_columns, max_context_chars)
-        self._min_separators = _SEPARATORS_PER_COLUMN * max_columns + max_context_chars // 2
+        self._min_cells = _CELLS_PER_COLUMN * max_columns
         self._at_record_start = True
         self._separators = 0
         self._bytes = 0
+        self._record_start = 0  # where the record being read starts
+        self._cells = 0  # the record's cells counted by hand so far (``_count_cells``)
+        self._counted_to = 0  # where that count stopped (maybe past this line: a quoted cell)
         self.line = 0  # physical lines read so far (what csv.reader's line_num counts)
         self.header_read = False
 
     def record_done(self) -> None:
         self._at_record_start = True
-        self._separators = self._bytes = 0
+        self._separators = self._bytes = self._cells = 0
+
+    def _count_cells(self, line_end: int, allowed: int) -> int:
+        """The record's cells up to ``line_end`` (at least), as csv.reader (strict) splits them.
+
+        Resumes where the last call stopped, so a record is scanned once, and stops once the
+        count passes ``allowed``. A quoted cell is skipped whole, wherever it ends; what csv.reader would refuse
+        (text after a closing quote, a quote never closed) ends the count: the reader raises.
+        """
+        data, size = self._data, len(self._data)
+        pos, cells = self._counted_to, self._cells
+        if cells == 0:  # the record's first cell starts at its first byte
+            pos, cells = self._record_start, 1
+        while pos < line_end and cells <= allowed:
+            if data[pos:pos + 1] == b'"':
+                quoted = _QUOTED_CELL_REST.match(data, pos + 1)
+                if quoted is None:  # never closed: csv.reader reports it
+                    pos = size
+                    break
+                pos = quoted.end()
+            else:
+                pos = _UNQUOTED_CELL.match(data, pos).end()
+            if data[pos:pos + 1] != b",":  # the end of the record, or text csv.reader refuses
+                pos = size
+                break
+            pos += 1
+            cells += 1
+        self._counted_to, self._cells = pos, cells
+        return cells
 
     def __iter__(self) -> Iterator[str]:
         data, size, view = self._data, len(self._data), memoryview(self._data)
@@ -340,17 +376,19 @@ class _Lines:
                     b"\r\n", start, end)
                 self._pos = end
                 continue
+            if self._at_record_start:  # after the blank lines skipped above
+                self._record_start = self._counted_to = start
             eol = _EOL.search(data, start)
             end = eol.end() if eol else size
             self._separators += data.count(b",", start, end)
             self._bytes += end - start
-            if self._separators > max(self._min_separators, self._bytes // _BYTES_PER_SEPARATOR):
+            allowed = max(self._min_cells, self._bytes // _BYTES_PER_CELL)
+            if self._separators >= allowed and self._count_cells(end, allowed) > allowed:
                 raise FileError(FileErrorKind.TOO_MANY_COLUMNS, (
                     f"{'the row at' if self.header_read else 'the header, at'} line {self.line + 1}, holds "
-                    f"{self._separators} commas in {self._bytes} bytes, more "
-                    f"than --max_columns ({self._limits[0]}) columns and a context of --max_context_chars "
-                    f"({self._limits[1]}) characters could need; check that the file is comma-separated and "
-                    "that its quotes are closed"))
+                    f"more than {allowed} cells in {self._bytes} bytes, more "
+                    f"than --max_columns ({self._limits[0]}) columns could need; check that the file is "
+                    "comma-separated and that its quotes are closed"))
             self._pos = end
             self.line += 1
             self._at_record_start = False

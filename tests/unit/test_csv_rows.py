@@ -223,3 +223,32 @@ def test_blank_records_cost_no_loop_and_quoted_ones_are_bounded():
 def test_error_lines_count_skipped_blank_lines():
     with pytest.raises(FileError, match="CSV syntax error at line 5"):
         parse(b'question,context\n\n\r\nq,c\n"unterminated,c\n')
+
+
+@pytest.mark.parametrize("cell", [b"ab", "\U0001F600".encode(), b'"x\n"', b'"a,b"""'])
+def test_a_row_of_53999_short_cells_stays_within_the_memory_bound(cell):
+    """Found by tests/fuzz/test_csv_fuzz.py: 54,000 commas were allowed in any record, whatever its size.
+
+    54,000 cells of one emoji (5 bytes each) cost 5.2 MB, over 1 x the file + 13 x the record +
+    512 KiB (4.3 MB); cells counted by hand instead of commas refuse it after a few thousand.
+    """
+    import tracemalloc
+    data = b"question,context\nq," + (cell + b",") * 53_999 + cell + b"\n"
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileError) as info:
+            parse(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.kind == "too_many_columns" and "--max_columns" in str(info.value)
+    assert peak <= len(data) + 13 * (len(data) - 17) + 512 * 1024, peak
+
+
+def test_commas_inside_quoted_cells_cost_no_cell_and_blank_lines_hide_none():
+    many = b'question,context\n\n\n"q",' + b'"' + b'a,""b"",' * 16_000 + b'"\n'  # 32,000 commas, 2 cells
+    parsed = parse(many)
+    assert parsed.rows[0].context == 'a,"b",' * 16_000 and not parsed.rows[0].error
+    # Blank lines before a dense record do not move where its cells are counted from.
+    dense = b"question,context\nq,c\n\n \n" + b"ab," * 20_000 + b"ab\n"
+    assert kind_of(dense) == "too_many_columns"
