@@ -43,6 +43,9 @@ def _content_id(data: bytes | None, attributes: dict[str, str]) -> str:
     return "sha256-" + digest.hexdigest()[:32]
 
 
+_IGNORED_LINE = "ignored %d notification(s) since the last such line (%s); the latest: %s, %s"
+
+
 class IgnoredNotifications:
     """Logs ignored notifications without letting a flood of them flood the log.
 
@@ -78,12 +81,14 @@ class IgnoredNotifications:
             if not first and now - self._last_line < self._interval_secs:
                 return
             pending, self._pending, self._last_line = self._pending, {}, now
-        level = logging.WARNING if self.SUSPICIOUS.intersection(pending) else logging.INFO
         # The attributes quote what the message claims: bounded, for a forged message's sake.
         named = {key: str(value)[:200] for key, value in list(attributes.items())[:8]}
-        _LOGGER.log(level, "ignored %d notification(s) since the last such line (%s); the latest: %s, %s",
-                    sum(pending.values()), ", ".join(f"{key} {count}" for key, count in sorted(pending.items())),
-                    reason, named)
+        args = (sum(pending.values()), ", ".join(f"{key} {count}" for key, count in sorted(pending.items())),
+                reason, named)
+        if self.SUSPICIOUS.intersection(pending):
+            _LOGGER.warning(_IGNORED_LINE, *args)
+        else:
+            _LOGGER.info(_IGNORED_LINE, *args)
 
 
 _IGNORED = IgnoredNotifications()

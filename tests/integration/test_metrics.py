@@ -441,7 +441,7 @@ def refused_claims_run():
         claim_fn.setup()
         read_fn.setup()
         try:
-            for ev in (event("notes.txt"), event("n" * 1000 + ".csv")):
+            for ev in (event("notes.txt"), event("n" * 1010 + ".csv")):
                 (claim,) = claim_fn.process(ev)
                 kinds += [out.value.kind for out in read_fn.process(claim)]
         finally:
