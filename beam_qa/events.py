@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import time
 from typing import Any
 
@@ -33,14 +34,23 @@ def split_gcs_uri(uri: str) -> tuple[str, str]:
     return bucket, name
 
 
-def _rfc3339_to_epoch(value: str | None) -> float:
-    if not value:
+def _rfc3339_to_epoch(value: object) -> float:
+    if not value or not isinstance(value, str):  # a forged payload can put anything here
         return time.time()
     from datetime import datetime
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return time.time()
+
+
+# A GCS generation or size: an int64 in ASCII digits. str.isdigit() also accepts "²", which int()
+# refuses: a forged attribute must be ignored, never raise in the step.
+_INT64 = re.compile(r"[0-9]{1,18}")
+
+
+def _int64(value: object) -> int | None:
+    return int(value) if isinstance(value, str) and _INT64.fullmatch(value) else None
 
 
 # The attributes Cloud Storage sets on every notification (payloadFormat JSON_API_V1): the
@@ -79,7 +89,7 @@ def parse_notification(
     if attributes["eventType"] != FINALIZE:
         return None, "not_finalize"
     name, generation = attributes["objectId"], attributes["objectGeneration"]
-    if not generation.isdigit():
+    if _int64(generation) is None:
         return None, "malformed"
     resource = _payload(data)
     if resource is None or any(
@@ -94,11 +104,11 @@ def parse_notification(
         return None, "folder"
     if not name.lower().endswith(".csv"):
         return None, "not_csv"
-    size = resource.get("size")
+    size = _int64(resource.get("size"))
     return FileEvent(
         uri=f"gs://{bucket}/{name}",
         generation=int(generation),
-        size=int(size) if str(size).isdigit() else -1,
+        size=-1 if size is None else size,
         root=f"gs://{bucket}/",
         relative_name=name[len(incoming_prefix):],
         event_time=_rfc3339_to_epoch(resource.get("timeCreated") or attributes.get("eventTime")),

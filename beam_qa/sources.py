@@ -82,7 +82,7 @@ class IgnoredNotifications:
                 return
             pending, self._pending, self._last_line = self._pending, {}, now
         # The attributes quote what the message claims: bounded, for a forged message's sake.
-        named = {key: str(value)[:200] for key, value in list(attributes.items())[:8]}
+        named = {str(key)[:100]: str(value)[:200] for key, value in list(attributes.items())[:8]}
         args = (sum(pending.values()), ", ".join(f"{key} {count}" for key, count in sorted(pending.items())),
                 reason, named)
         if self.SUSPICIOUS.intersection(pending):
@@ -279,7 +279,7 @@ class SweepIncoming(beam.PTransform):
 
 
 class ReadGcsNotifications(beam.PTransform):
-    """Pub/Sub OBJECT_FINALIZE notifications (and swept files) -> FileEvents for ``.csv`` objects.
+    """Pub/Sub OBJECT_FINALIZE notifications (and swept files) -> FileEvents of the bucket's incoming objects.
 
     Args:
         source: the subscription receiving the bucket's notifications, the bucket and the
@@ -291,6 +291,9 @@ class ReadGcsNotifications(beam.PTransform):
 
     def __init__(self, source: SourceSettings, sweep: SweepIncoming | None = None):
         super().__init__()
+        if not source.bucket:
+            # Without it every notification would be trusted or (here) ignored: refuse the graph.
+            raise ValueError("ReadGcsNotifications needs SourceSettings.bucket (--input_bucket)")
         self._subscription = source.subscription
         self._bucket = source.bucket
         self._incoming_prefix = source.incoming_prefix

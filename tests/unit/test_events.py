@@ -203,3 +203,17 @@ def test_a_name_too_long_is_kept_under_a_shortened_unique_name():
 def test_a_non_csv_object_is_kept_with_its_own_extension():
     assert quarantine_location(_event("notes.txt"), "errors/") == f"gs://qa-local/errors/notes.{GENERATION}.txt"
     assert quarantine_location(_event("README"), "errors/") == f"gs://qa-local/errors/README.{GENERATION}"
+
+
+@pytest.mark.parametrize("change", [{"objectGeneration": "\u00b2"}, {"objectGeneration": "1" * 5000},
+                                    {"objectGeneration": "-1"}, {"objectGeneration": " 1"}])
+def test_a_forged_generation_is_malformed_never_an_exception(change):
+    assert parse_notification(b"", {**ATTRS, **change}, "incoming/", bucket="qa-local") == (None, "malformed")
+
+
+@pytest.mark.parametrize("payload", [{"size": "\u00b2"}, {"size": 5}, {"size": "9" * 5000}, {"timeCreated": 5},
+                                     {"timeCreated": "not a time"}, {"timeCreated": "9999-12-31T23:59:59Z"}])
+def test_odd_payload_fields_are_tolerated_never_an_exception(payload):
+    event, reason = parse_notification(json.dumps({**json.loads(DATA), **payload}).encode(), ATTRS, "incoming/",
+                                       bucket="qa-local")
+    assert reason == "" and event.generation == 1795313659049626
