@@ -63,7 +63,8 @@ def from_options(opts: QaOptions, *, model: str, concurrency: tuple[int, int] = 
     return JobConfig(
         options=opts,
         source=SourceSettings(subscription=opts.input_subscription or None, pattern=opts.input_pattern or None,
-                              incoming_prefix=opts.incoming_prefix, sweep=sweep),
+                              incoming_prefix=opts.incoming_prefix, sweep=sweep,
+                              bucket=opts.input_bucket if opts.input_subscription else None),
         inputs=InputSettings(max_file_bytes=opts.max_file_bytes, max_rows=opts.max_rows,
                              max_context_chars=opts.max_context_chars, max_columns=opts.max_columns,
                              chunk_size=opts.chunk_size),

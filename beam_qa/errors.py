@@ -33,6 +33,12 @@ class FileErrorKind(str, enum.Enum):
     # --max_attempts attempts ended without an outcome (a worker killed by the file, a sink that
     # never succeeds): the version is failed with how the last attempt ended, instead of retried.
     GAVE_UP = "gave_up"
+    # The answers or error object's name would pass Cloud Storage's 1,024-byte limit: no attempt
+    # could ever finish, so the first one fails the file (kept under a shortened name).
+    NAME_TOO_LONG = "name_too_long"
+    # An object under the incoming prefix whose name does not end in .csv, found by the sweeper
+    # after the grace: moved under the error prefix with its reason instead of left there unseen.
+    NOT_CSV = "not_csv"
 
     def __str__(self) -> str:
         return self.value

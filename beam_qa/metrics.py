@@ -87,7 +87,7 @@ def _distribution(name: str) -> _Distribution:
 FILES_MATCHED = _counter("files_matched")
 EVENTS_IGNORED = _counter("events_ignored")
 IGNORE_REASONS = ("not_finalize", "other_prefix", "not_csv", "malformed", "folder", "finished", "in_flight",
-                  "gone")
+                  "gone", "other_bucket")
 _EVENTS_IGNORED_BY = {reason: _counter(f"events_ignored_{reason}") for reason in IGNORE_REASONS}
 SWEEPS = _counter("sweeps")
 FILES_SWEPT = _counter("files_swept")

@@ -103,8 +103,9 @@ class QaOptions(PipelineOptions):
             "Selects bounded mode, for backfills and batch runs.")
         src.add_argument(
             "--input_bucket",
-            help="Streaming: the bucket whose notifications --input_subscription receives. The "
-            "sweeper lists gs://BUCKET/INCOMING_PREFIX; required unless --sweep_interval_secs=0.")
+            help="Streaming (required): the bucket whose notifications --input_subscription receives. "
+            "Notifications for any other bucket are ignored (counted as events_ignored_other_bucket), and "
+            "the sweeper lists gs://BUCKET/INCOMING_PREFIX.")
         src.add_argument(
             "--sweep_interval_secs", type=_non_negative_float, default=SweepSettings.interval_secs,
             help="Streaming: every N seconds (and once at start-up) re-emit incoming CSVs that "
@@ -251,11 +252,14 @@ class QaOptions(PipelineOptions):
                 "projects/PROJECT/subscriptions/NAME.")
         if not self.pg_dsn:
             raise UsageError("--pg_dsn is required (for example host=127.0.0.1 dbname=beam_qa user=postgres).")
-        if self.input_subscription and self.sweep_interval_secs and not _BUCKET_RE.match(self.input_bucket or ""):
+        if self.input_subscription and not self.input_bucket:
             raise UsageError(
-                f"--input_bucket {self.input_bucket!r} is not a bucket name: the sweeper needs the "
-                "bucket the subscription's notifications come from (a name like my-bucket, no gs://), "
-                "or pass --sweep_interval_secs=0 to turn the sweeper off.")
+                "--input_bucket is required with --input_subscription: only notifications for that bucket "
+                "are processed (a name like my-bucket, no gs://).")
+        if self.input_subscription and not _BUCKET_RE.match(self.input_bucket):
+            raise UsageError(
+                f"--input_bucket {self.input_bucket!r} is not a bucket name: pass the bucket the "
+                "subscription's notifications come from, a name like my-bucket (no gs://).")
         if self.input_subscription and not self.incoming_prefix:
             raise UsageError("--incoming_prefix must not be empty in streaming mode: the pipeline "
                              "would re-trigger itself on its own answers and error files.")

@@ -88,7 +88,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig) -> None:
     else:
         events = p | "MatchInputFiles" >> MatchInputFiles(source, files)
 
-    claims = events | "ClaimFiles" >> ClaimFiles(pg)
+    claims = events | "ClaimFiles" >> ClaimFiles(pg, outputs)
     read = claims | "ReadCsvRows" >> ReadCsvRows(config.inputs, pg, files)
     completed = (read.chunks
                  | "SpreadChunks" >> SpreadChunks()

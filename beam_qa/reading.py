@@ -11,9 +11,10 @@ from apache_beam import pvalue
 from beam_qa import metrics
 from beam_qa.csv_rows import FileError, ParsedFile, other_cells, parse_csv
 from beam_qa.errors import FileErrorKind
+from beam_qa.events import name_too_long
 from beam_qa.records import Chunk, ChunkRow, Claim, FileEvent, FileFailure
 from beam_qa.runtime import WorkerDoFn, leases
-from beam_qa.settings import InputSettings, PostgresSettings, StorageSettings
+from beam_qa.settings import InputSettings, OutputSettings, PostgresSettings, StorageSettings
 from beam_qa.stage import OneStepStage
 from beam_qa.storage import ContentEncodingError, ContentTooLarge, SourceGone
 from beam_qa.store.attempts import gave_up_reason
@@ -27,8 +28,9 @@ FILE_ERRORS = "file_errors"
 class _ClaimFn(WorkerDoFn):
     """Starts an attempt at each event's file version, unless one is live or the version is finished."""
 
-    def __init__(self, pg: PostgresSettings):
+    def __init__(self, pg: PostgresSettings, outputs: OutputSettings | None = None):
         super().__init__(pg=pg)
+        self._outputs = outputs or OutputSettings()
 
     def setup(self):
         super().setup()
@@ -56,7 +58,28 @@ class _ClaimFn(WorkerDoFn):
         if attempt > 1:
             metrics.FILES_RETRIED.inc()
             _LOGGER.info("retrying %s as attempt %d: the previous attempt left no final record", event.key, attempt)
+        refused = _refused(event, self._outputs)
+        if refused:
+            kind, reason = refused
+            _LOGGER.warning("failing %s at once (%s): %s", event.key, kind, reason)
+            yield Claim(event=event, attempt=attempt, error_kind=kind.value, error=reason)
+            return
         yield Claim(event=event, attempt=attempt)
+
+
+def _refused(event: FileEvent, outputs: OutputSettings) -> tuple[FileErrorKind, str] | None:
+    """Why the version fails without being read, decided from its name alone; None if it may be read."""
+    if not event.relative_name.lower().endswith(".csv"):
+        # Only the sweeper sends these (notifications and patterns skip them): an object left
+        # under the incoming prefix by mistake is moved aside with its reason, never lost.
+        return FileErrorKind.NOT_CSV, ("only objects whose name ends in .csv are answered; this one was left "
+                                       "under the incoming prefix: upload it again as a .csv file")
+    too_long = name_too_long(event, outputs.answers_prefix, outputs.error_prefix)
+    if too_long:
+        # Its answers could never be written: every attempt would spend a model pass and fail the
+        # same way, for ever. One attempt decides it.
+        return FileErrorKind.NAME_TOO_LONG, too_long
+    return None
 
 
 class ClaimFiles(OneStepStage):
@@ -68,8 +91,8 @@ class ClaimFiles(OneStepStage):
 
     STEP = "ClaimAttempt"
 
-    def __init__(self, pg: PostgresSettings):
-        super().__init__(_ClaimFn(pg))
+    def __init__(self, pg: PostgresSettings, outputs: OutputSettings | None = None):
+        super().__init__(_ClaimFn(pg, outputs))
 
 
 def cut_chunks(claim: Claim, rows: Iterable[ChunkRow], chunk_size: int) -> Iterator[Chunk]:
@@ -113,6 +136,9 @@ class _ReadCsvFn(WorkerDoFn):
         event, attempt = claim.event, claim.attempt
         if claim.gave_up:
             yield self._file_error(claim, FileError(FileErrorKind.GAVE_UP, claim.gave_up))
+            return
+        if claim.error_kind:
+            yield self._file_error(claim, FileError(FileErrorKind(claim.error_kind), claim.error))
             return
         limits = self._inputs
         if event.size > limits.max_file_bytes:

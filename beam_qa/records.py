@@ -52,12 +52,16 @@ class Claim(NamedTuple):
     """A file version this pipeline now holds the lease of, as attempt number ``attempt``.
 
     ``gave_up`` is set (the reason) when the version used up its attempts: this claim only
-    records that it failed.
+    records that it failed. ``error_kind`` and ``error`` are set when the claim itself decided
+    that the version fails (a ``FileErrorKind`` value and its message, e.g. ``name_too_long``):
+    it is failed without being read.
     """
 
     event: FileEvent
     attempt: int
     gave_up: str = ""
+    error_kind: str = ""
+    error: str = ""
 
 
 class ChunkRow(NamedTuple):

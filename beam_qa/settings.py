@@ -117,6 +117,10 @@ class SweepSettings:
 
     ``delete_finished``: delete the source of a version that is ``done`` (or ``failed`` and
     kept under the error prefix) whose own delete failed; off with ``--keep_source``.
+
+    ``page_size``: objects per page of the listing, and so the most versions one PostgreSQL
+    statement of a sweep carries: a sweep's memory and statements stay bounded whatever the
+    prefix holds. 1,000 is the most one GCS list request returns.
     """
 
     bucket: str
@@ -124,6 +128,7 @@ class SweepSettings:
     grace_secs: float = 300.0
     incoming_prefix: str = "incoming/"
     delete_finished: bool = True
+    page_size: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +140,14 @@ class SourceSettings:
         pattern: glob of existing files, or None (exactly one of the two is set).
         incoming_prefix: only objects under it are processed; stripped to name the outputs.
         sweep: the streaming sweeper, or None when it is off (and always in bounded mode).
+        bucket: streaming: the only bucket whose notifications are accepted (``--input_bucket``).
     """
 
     subscription: str | None = None
     pattern: str | None = None
     incoming_prefix: str = "incoming/"
     sweep: SweepSettings | None = None
+    bucket: str | None = None
 
     @property
     def streaming(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 
@@ -42,19 +43,74 @@ def _content_id(data: bytes | None, attributes: dict[str, str]) -> str:
     return "sha256-" + digest.hexdigest()[:32]
 
 
+_IGNORED_LINE = "ignored %d notification(s) since the last such line (%s); the latest: %s, %s"
+
+
+class IgnoredNotifications:
+    """Logs ignored notifications without letting a flood of them flood the log.
+
+    The first notification ignored for a reason is logged at once (with what it named); after
+    that, one summary line per ``interval_secs`` says how many were ignored for each reason
+    since the last line. The metrics count every one. Shared by all the DoFn instances of a
+    process (a worker runs many), so the bound holds per process, not per instance.
+
+    Args:
+        interval_secs: the least time between two summary lines.
+        clock: monotonic clock (tests pass their own).
+    """
+
+    # Reasons a user or an attacker causes, not the pipeline's own traffic (its answers and
+    # deletes come back as other_prefix and not_finalize): a warning, not an info line.
+    SUSPICIOUS = frozenset({"other_bucket", "malformed"})
+
+    def __init__(self, interval_secs: float = 60.0, clock=time.monotonic):
+        self._interval_secs = interval_secs
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._pending: dict[str, int] = {}
+        self._last_line = -float("inf")
+
+    def ignored(self, reason: str, attributes: dict[str, str]) -> None:
+        """Counts one ignored notification, and logs if its reason is new or the interval is over."""
+        with self._lock:
+            first = reason not in self._seen
+            self._seen.add(reason)
+            self._pending[reason] = self._pending.get(reason, 0) + 1
+            now = self._clock()
+            if not first and now - self._last_line < self._interval_secs:
+                return
+            pending, self._pending, self._last_line = self._pending, {}, now
+        # The attributes quote what the message claims: bounded, for a forged message's sake.
+        named = {str(key)[:100]: str(value)[:200] for key, value in list(attributes.items())[:8]}
+        args = (sum(pending.values()), ", ".join(f"{key} {count}" for key, count in sorted(pending.items())),
+                reason, named)
+        if self.SUSPICIOUS.intersection(pending):
+            _LOGGER.warning(_IGNORED_LINE, *args)
+        else:
+            _LOGGER.info(_IGNORED_LINE, *args)
+
+
+_IGNORED = IgnoredNotifications()
+
+
 class _ParseNotificationFn(beam.DoFn):
-    def __init__(self, incoming_prefix: str):
+    """Pub/Sub messages -> FileEvents of ``bucket``'s incoming ``.csv`` objects; the rest is counted and dropped."""
+
+    def __init__(self, bucket: str, incoming_prefix: str):
+        self._bucket = bucket
         self._incoming_prefix = incoming_prefix
 
     def process(self, message):
         attributes = dict(message.attributes or {})
         event, reason = parse_notification(message.data, attributes, self._incoming_prefix,
                                            message_id=getattr(message, "message_id", None) or _content_id(
-                                               message.data, attributes))
+                                               message.data, attributes), bucket=self._bucket)
         if event is None:
+            # Acked like any message the step consumed: nothing is read, written or deleted for it.
             metrics.EVENTS_IGNORED.inc()
             metrics.events_ignored(reason).inc()
-            _LOGGER.debug("ignoring notification (%s): %s", reason, dict(message.attributes or {}))
+            _IGNORED.ignored(reason, attributes)
             return
         yield event
 
@@ -106,7 +162,12 @@ class _SweepScheduleFn(beam.DoFn):
 
 
 class _SweepFn(WorkerDoFn):
-    """One sweep: incoming ``.csv`` versions older than the grace that nothing holds or finished.
+    """One sweep: incoming versions older than the grace that nothing holds or finished.
+
+    Objects whose name does not end in ``.csv`` are emitted too: the claim fails them as
+    ``not_csv`` and they are moved under the error prefix with that reason, instead of lying
+    unseen under the incoming prefix for ever (and being listed by every sweep). The listing is
+    read one page (``SweepSettings.page_size``) at a time, with one PostgreSQL statement per page.
 
     It also fails the unfinished versions whose source object is gone and whose lease has
     expired (deleted by a user mid-way, or replaced by a newer upload): their rows and chunk
@@ -122,18 +183,43 @@ class _SweepFn(WorkerDoFn):
 
     def process(self, tick: str):
         metrics.SWEEPS.inc()
-        pattern = f"gs://{self._sweep.bucket}/{self._incoming_prefix}**"
+        uri_prefix = f"gs://{self._sweep.bucket}/{self._incoming_prefix}"
+        pattern = f"{uri_prefix}**"
         cutoff = time.time() - self._sweep.grace_secs
+        page_size = self._sweep.page_size
         # A short retry budget: a sweep that cannot reach PostgreSQL is skipped; the next one
         # comes an interval later.
         retry_secs = min(15.0, self._sweep.interval_secs)
+        pages = listed = older = started = not_csv = 0
         try:
-            listed = [info for info in self.files.list(pattern) if info.uri.lower().endswith(".csv")]
-            candidates = [info for info in listed if info.updated <= cutoff]
-            busy = self.pg.not_claimable([info.uri for info in candidates], retry_secs) if candidates else {}
-            gone = self.pg.abandon_missing(f"gs://{self._sweep.bucket}/{self._incoming_prefix}",
-                                           [(info.uri, info.generation) for info in listed],
-                                           self._sweep.grace_secs, retry_secs)
+            # Read before listing: a stale version whose source the listing then finds still exists.
+            stale = set(self.pg.stale_versions(uri_prefix, self._sweep.grace_secs, page_size, retry_secs))
+            # One page of the listing at a time, and one statement per page: memory and statement
+            # size stay bounded by the page, whatever the prefix holds.
+            for page in self.files.list_pages(pattern, page_size):
+                pages += 1
+                listed += len(page)
+                stale.difference_update((info.uri, info.generation) for info in page)
+                candidates = [info for info in page if info.updated <= cutoff]
+                older += len(candidates)
+                busy = self.pg.not_claimable([info.uri for info in candidates], retry_secs) if candidates else {}
+                if self._sweep.delete_finished:
+                    for info in candidates:
+                        if busy.get((info.uri, info.generation)):
+                            self._delete_leftover(info)
+                for info in candidates:
+                    if (info.uri, info.generation) in busy:
+                        continue
+                    metrics.FILES_SWEPT.inc()
+                    started += 1
+                    if not info.uri.lower().endswith(".csv"):
+                        # Not left there unseen for ever: the claim fails it as not_csv, and it is
+                        # moved under the error prefix with that reason (never deleted unkept).
+                        not_csv += 1
+                    _, name = info.uri[len("gs://"):].split("/", 1)
+                    yield gcs_file_event(self._sweep.bucket, name, info.generation, info.size, info.updated,
+                                         self._incoming_prefix, trigger=f"sweep:{tick}")
+            gone = self.pg.abandon(sorted(stale), self._sweep.grace_secs, retry_secs) if stale else []
         except Exception:  # pylint: disable=broad-except
             # An exception escaping here would stop the stream; the next sweep tries again.
             metrics.SWEEP_FAILURES.inc()
@@ -142,18 +228,9 @@ class _SweepFn(WorkerDoFn):
         for uri, generation in gone:
             metrics.FILES_ABANDONED.inc()
             _LOGGER.warning("gave up on %s#%d: its source is gone and its last attempt ended", uri, generation)
-        if self._sweep.delete_finished:
-            for info in candidates:
-                if busy.get((info.uri, info.generation)):
-                    self._delete_leftover(info)
-        retry = [info for info in candidates if (info.uri, info.generation) not in busy]
-        _LOGGER.info("swept %s: %d to start of %d CSV files older than %.0fs (%d finished or in flight)",
-                     pattern, len(retry), len(candidates), self._sweep.grace_secs, len(candidates) - len(retry))
-        for info in retry:
-            metrics.FILES_SWEPT.inc()
-            _, name = info.uri[len("gs://"):].split("/", 1)
-            yield gcs_file_event(self._sweep.bucket, name, info.generation, info.size, info.updated,
-                                 self._incoming_prefix, trigger=f"sweep:{tick}")
+        _LOGGER.info("swept %s: %d to start (%d not CSV, to be moved under the error prefix) of %d files older "
+                     "than %.0fs (%d finished or in flight), %d listed in %d pages", pattern, started, not_csv,
+                     older, self._sweep.grace_secs, older - started, listed, pages)
 
     def _delete_leftover(self, info) -> None:
         key = f"{info.uri}#{info.generation}"
@@ -202,17 +279,23 @@ class SweepIncoming(beam.PTransform):
 
 
 class ReadGcsNotifications(beam.PTransform):
-    """Pub/Sub OBJECT_FINALIZE notifications (and swept files) -> FileEvents for ``.csv`` objects.
+    """Pub/Sub OBJECT_FINALIZE notifications (and swept files) -> FileEvents of the bucket's incoming objects.
 
     Args:
-        source: the subscription receiving the bucket's notifications, and the incoming prefix:
-            only objects under it are processed.
+        source: the subscription receiving the bucket's notifications, the bucket and the
+            incoming prefix: only objects of that bucket under that prefix are processed; a
+            notification naming another bucket is counted (``events_ignored_other_bucket``) and
+            dropped, whoever published it.
         sweep: a SweepIncoming whose events are merged in, or None.
     """
 
     def __init__(self, source: SourceSettings, sweep: SweepIncoming | None = None):
         super().__init__()
+        if not source.bucket:
+            # Without it every notification would be trusted or (here) ignored: refuse the graph.
+            raise ValueError("ReadGcsNotifications needs SourceSettings.bucket (--input_bucket)")
         self._subscription = source.subscription
+        self._bucket = source.bucket
         self._incoming_prefix = source.incoming_prefix
         self._sweep = sweep
 
@@ -220,7 +303,7 @@ class ReadGcsNotifications(beam.PTransform):
         notified = (pbegin
                     | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=self._subscription,
                                                             with_attributes=True)
-                    | "ParseNotification" >> beam.ParDo(_ParseNotificationFn(self._incoming_prefix)))
+                    | "ParseNotification" >> beam.ParDo(_ParseNotificationFn(self._bucket, self._incoming_prefix)))
         if self._sweep is None:
             return notified
         swept = notified | "SweepIncoming" >> self._sweep

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from beam_qa.bounded_io import CappedSink, ContentEncodingError, ContentTooLarge, HashingWriter, UnsafeName, safe_join
@@ -295,6 +296,35 @@ class Storage(LazyGcsClient):
                            blob.updated.timestamp())
                 for blob in self.client.list_blobs(bucket, prefix=literal)
                 if matcher(blob.name) and not blob.name.endswith("/")]
+
+    def list_pages(self, pattern: str, page_size: int) -> Iterator[list[ObjectInfo]]:
+        """``list(pattern)`` one page at a time: at most ``page_size`` files per page.
+
+        A GCS listing is fetched page by page as it is consumed (``maxResults``), so a prefix
+        holding a million objects never sits in memory whole.
+        """
+        if not pattern.startswith("gs://"):
+            import glob
+            page: list[ObjectInfo] = []
+            for path in sorted(glob.iglob(pattern, recursive=True)):
+                if os.path.isfile(path) and (info := self.stat(os.path.abspath(path))):
+                    page.append(info)
+                    if len(page) == page_size:
+                        yield page
+                        page = []
+            if page:
+                yield page
+            return
+        bucket, name_glob = split_gcs_uri(pattern)
+        literal = name_glob.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        matcher = _glob_matcher(name_glob)
+        for blobs in self.client.list_blobs(bucket, prefix=literal, page_size=page_size).pages:
+            page = [ObjectInfo(f"gs://{bucket}/{blob.name}", int(blob.generation), int(blob.size or 0),
+                               blob.updated.timestamp())
+                    for blob in blobs if matcher(blob.name) and not blob.name.endswith("/")]
+            if page:
+                yield page
+
 
 def _glob_matcher(name_glob: str):
     """``*`` matches within one path segment, ``**`` across segments."""

@@ -14,16 +14,24 @@ FROM qa_files
 WHERE source_uri = ANY(%s) AND (status IN ('done', 'failed') OR lease_until > now())
 """
 
-# Unfinished versions under a prefix whose lease expired and whose source object is gone
-# (not among the live objects listed): nothing can finish them any more.
+# Unfinished versions under a prefix whose lease expired more than the grace ago: those whose
+# source object is no longer listed are abandoned. Oldest lease first and bounded, so that one
+# statement never carries more than a page; the next sweep takes the rest.
+STALE = """
+SELECT source_uri, source_generation FROM qa_files
+WHERE status = 'received' AND source_uri LIKE %s
+  AND (lease_until IS NULL OR lease_until < now() - make_interval(secs => %s))
+ORDER BY lease_until NULLS FIRST, source_uri, source_generation
+LIMIT %s
+"""
+
+# Fails those of them that the listing did not find, if they are still unfinished and stale.
 ABANDON = """
 UPDATE qa_files f SET status = 'failed', error = %s, error_kind = 'source_gone', completed_at = now(),
-                      lease_until = NULL,
-                      claim_token = NULL
-WHERE f.status = 'received' AND f.source_uri LIKE %s
+                      lease_until = NULL, claim_token = NULL
+FROM unnest(%s::text[], %s::bigint[]) AS gone(uri, generation)
+WHERE f.source_uri = gone.uri AND f.source_generation = gone.generation AND f.status = 'received'
   AND (f.lease_until IS NULL OR f.lease_until < now() - make_interval(secs => %s))
-  AND NOT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::bigint[]) AS live(uri, generation)
-                  WHERE live.uri = f.source_uri AND live.generation = f.source_generation)
 RETURNING f.source_uri, f.source_generation
 """
 
@@ -51,18 +59,22 @@ class SweepQueries:
             for uri, generation, leftover in conn.execute(NOT_CLAIMABLE, (uris,)).fetchall()},
             retry_secs=retry_secs)
 
-    def abandon_missing(self, uri_prefix: str, live: list[tuple[str, int]], grace_secs: float,
-                        retry_secs: float) -> list[tuple[str, int]]:
-        """Fails unfinished versions under ``uri_prefix`` whose lease expired and whose source is gone."""
-        uris = [uri for uri, _ in live]
-        generations = [generation for _, generation in live]
+    def stale_versions(self, uri_prefix: str, grace_secs: float, limit: int,
+                       retry_secs: float) -> list[tuple[str, int]]:
+        """At most ``limit`` unfinished versions under ``uri_prefix`` whose lease expired over ``grace_secs`` ago."""
+        return self._run("listing stale files", lambda conn: [
+            (uri, int(generation)) for uri, generation in conn.execute(
+                STALE, (_like_prefix(uri_prefix), grace_secs, limit)).fetchall()], retry_secs=retry_secs)
+
+    def abandon(self, gone: list[tuple[str, int]], grace_secs: float, retry_secs: float) -> list[tuple[str, int]]:
+        """Fails the versions in ``gone`` (their source is not listed) that are still unfinished and stale."""
+        uris = [uri for uri, _ in gone]
+        generations = [generation for _, generation in gone]
 
         def work(conn):
-            gone = [(uri, int(generation)) for uri, generation in conn.execute(
-                ABANDON, (ABANDONED_REASON, _like_prefix(uri_prefix), grace_secs, uris, generations)).fetchall()]
-            for uri, generation in gone:
+            abandoned = [(uri, int(generation)) for uri, generation in conn.execute(
+                ABANDON, (ABANDONED_REASON, uris, generations, grace_secs)).fetchall()]
+            for uri, generation in abandoned:
                 conn.execute(DROP_CHUNKS, (uri, generation))
-            return gone
+            return abandoned
         return self._run("abandoning vanished files", work, retry_secs=retry_secs)
-
-

@@ -97,12 +97,47 @@ def test_other_prefixes_suffixes_and_events_are_ignored(stack, bucket):
     upload(bucket, "incoming/readme.txt", b"hello")
     probe = upload(bucket, "incoming/ignored/probe.csv", squad_csv(300, 2))
     wait_for_status(stack, f"gs://{bucket.name}/{probe.name}", probe.generation, "done")
+    # (readme.txt is younger than the sweeper's grace: later a sweep moves it under errors/ as not_csv.)
     assert bucket.blob("other/x.csv").exists() and bucket.blob("incoming/readme.txt").exists()
     assert query(stack.config.pg_dsn, "SELECT count(*) FROM qa_files WHERE source_uri LIKE %s OR source_uri LIKE %s",
                  ("%/other/%", "%.txt")) == [(0,)]
     # The pipeline's own outputs (answers/, errors/) and its deletes never became work either.
     assert query(stack.config.pg_dsn, "SELECT count(*) FROM qa_files WHERE source_uri NOT LIKE %s",
                  (f"gs://{bucket.name}/incoming/%",)) == [(0,)]
+
+
+def test_a_notification_for_another_bucket_leaves_that_bucket_untouched(stack, bucket):
+    """Whoever can publish to the topic cannot point the pipeline at another bucket (issue 31).
+
+    fake-gcs-server notifies the same topic for every bucket, so an upload to a second bucket is
+    a real notification naming it; a forged one is published too. Before the fix the pipeline read
+    that object, wrote an answers CSV into that bucket and deleted its source.
+    """
+    from beam_qa.storage import make_gcs_client
+    from devtools.stack import _http
+    name = f"{stack.config.bucket}-victim"
+    status, body = _http("POST", f"{stack.config.gcs_url}/storage/v1/b", {"name": name})
+    assert status in (200, 409), body
+    victim = make_gcs_client(anonymous=True).bucket(name)
+    data = squad_csv(500, 3)
+    theirs = upload(victim, "incoming/theirs.csv", data)
+    publish(stack, {"eventType": "OBJECT_FINALIZE", "bucketId": name, "objectId": theirs.name,
+                    "objectGeneration": str(theirs.generation), "payloadFormat": "JSON_API_V1"},
+            {"bucket": name, "name": theirs.name, "generation": str(theirs.generation), "size": str(len(data))})
+    ours = upload(bucket, "incoming/other-bucket/ours.csv", squad_csv(510, 2))
+    wait_for_status(stack, f"gs://{bucket.name}/{ours.name}", ours.generation, "done")
+    log = stack.config.run_dir / "pipeline.log"
+    deadline = time.monotonic() + 10
+    while "other_bucket" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {blob.name for blob in victim.list_blobs()} == {"incoming/theirs.csv"}, "the other bucket was touched"
+    assert victim.blob("incoming/theirs.csv").download_as_bytes() == data
+    assert query(stack.config.pg_dsn, "SELECT count(*) FROM qa_files WHERE source_uri LIKE %s",
+                 (f"gs://{name}/%",)) == [(0,)]
+    assert "other_bucket" in log.read_text()
+    # And our bucket is still answered.
+    after = upload(bucket, "incoming/other-bucket/after.csv", squad_csv(520, 2))
+    wait_for_status(stack, f"gs://{bucket.name}/{after.name}", after.generation, "done")
 
 
 def test_bounded_mode_writes_the_same_answers_as_streaming(stack, bucket, tmp_path, tiny_model):

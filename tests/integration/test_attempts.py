@@ -249,6 +249,11 @@ class Listing:
             raise self.failure
         return list(self.infos)
 
+    def list_pages(self, pattern: str, page_size: int):
+        listed = self.list(pattern)
+        for start in range(0, len(listed), page_size):
+            yield listed[start:start + page_size]
+
     def close(self) -> None:
         pass
 

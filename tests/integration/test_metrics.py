@@ -154,10 +154,10 @@ def notification_run():
     """The streaming source's parse stage over crafted notifications, bounded."""
     from beam_qa.sources import _ParseNotificationFn  # pylint: disable=protected-access
 
-    def message(event_type: str, name: str, generation: str | None = "1"):
-        attributes = {"eventType": event_type, "bucketId": "qa-bucket", "objectId": name,
+    def message(event_type: str, name: str, generation: str | None = "1", bucket: str = "qa-bucket"):
+        attributes = {"eventType": event_type, "bucketId": bucket, "objectId": name,
                       "payloadFormat": "JSON_API_V1"}
-        resource = {"bucket": "qa-bucket", "name": name, "size": "10",
+        resource = {"bucket": bucket, "name": name, "size": "10",
                     "timeCreated": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z"}
         if generation is not None:
             attributes["objectGeneration"] = generation
@@ -171,11 +171,12 @@ def notification_run():
         message("OBJECT_FINALIZE", "incoming/c.txt"),
         message("OBJECT_FINALIZE", "incoming/folder/"),
         message("OBJECT_FINALIZE", "incoming/d.csv", generation=None),
+        message("OBJECT_FINALIZE", "incoming/e.csv", bucket="someone-elses-bucket"),
     ]
     pipeline = beam.Pipeline(runner="DirectRunner")
     _ = (pipeline
          | "Messages" >> beam.Create(messages)
-         | "Parse" >> beam.ParDo(_ParseNotificationFn("incoming/")))
+         | "Parse" >> beam.ParDo(_ParseNotificationFn("qa-bucket", "incoming/")))
     result = pipeline.run()
     result.wait_until_finish()
     return read_metrics(result)[0]
@@ -425,6 +426,30 @@ def direct_run():
     return counters
 
 
+@pytest.fixture(scope="module")
+def refused_claims_run():
+    """Claims decided from the name alone, driven directly: a non-CSV object the sweeper found,
+    and a name whose answers object would pass GCS's 1,024 bytes (tests/integration/test_sweep_and_names.py
+    follows both through fake-gcs-server)."""
+    from beam_qa.reading import _ClaimFn, _ReadCsvFn  # pylint: disable=protected-access
+    from beam_qa.settings import InputSettings, StorageSettings
+    from tests.integration.test_attempts import event
+    settings = PostgresSettings(fresh_database("beam_qa_metrics_refused"), retry_secs=10, lease_secs=60)
+    kinds = []
+    with bundle_metrics() as counters:
+        claim_fn, read_fn = _ClaimFn(settings), _ReadCsvFn(InputSettings(), settings, StorageSettings())
+        claim_fn.setup()
+        read_fn.setup()
+        try:
+            for ev in (event("notes.txt"), event("n" * 1010 + ".csv")):
+                (claim,) = claim_fn.process(ev)
+                kinds += [out.value.kind for out in read_fn.process(claim)]
+        finally:
+            runtime.close()
+    assert kinds == ["not_csv", "name_too_long"]
+    return counters
+
+
 def test_the_table_and_the_registry_agree():
     """A metric defined in beam_qa/metrics.py without a row in docs/metrics.md (or the reverse) fails here."""
     defined = {**metrics.REGISTRY, **metrics.RUNINFERENCE_METRICS}
@@ -441,10 +466,11 @@ def test_no_stage_names_a_metric_by_string():
 
 
 def test_every_documented_metric_is_emitted(main_run, notification_run, failing_outputs_run, failing_model_run,
-                                            claims_run, storage_faults_run, model_swap_run, direct_run):
+                                            claims_run, storage_faults_run, model_swap_run, direct_run,
+                                            refused_claims_run):
     emitted = (set(main_run["counters"]) | set(main_run["distributions"]) | set(notification_run)
                | set(failing_outputs_run[0]) | set(failing_model_run[0]) | set(claims_run)
-               | set(storage_faults_run[0]) | set(model_swap_run[0]) | set(direct_run))
+               | set(storage_faults_run[0]) | set(model_swap_run[0]) | set(direct_run) | set(refused_claims_run))
     missing = set(documented()) - NOT_INDUCED - NOT_REPORTED - emitted
     assert not missing, f"documented but not emitted by the runs: {sorted(missing)}"
     for name, kind in documented().items():
@@ -498,9 +524,14 @@ def test_latency_and_run_inference_figures(main_run):
 
 def test_notification_figures(notification_run):
     counters = notification_run
-    for reason in ("not_finalize", "other_prefix", "not_csv", "folder", "malformed"):
+    for reason in ("not_finalize", "other_prefix", "not_csv", "folder", "malformed", "other_bucket"):
         assert counters[f"events_ignored_{reason}"] == 1, reason
-    assert counters["events_ignored"] == 5
+    assert counters["events_ignored"] == 6
+
+
+def test_refused_claim_figures(refused_claims_run):
+    assert refused_claims_run["file_errors_not_csv"] == 1
+    assert refused_claims_run["file_errors_name_too_long"] == 1
 
 
 def test_claim_figures(claims_run):

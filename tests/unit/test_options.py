@@ -18,7 +18,9 @@ BASE = ["--pg_dsn=dbname=x"]
     (["--input_pattern=x", "--doc_stride=400"], "doc_stride"),
     (["--input_pattern=x", "--min_batch_size=9", "--max_batch_size=4"], "min_batch_size"),
     (["--input_pattern=x", "--precision=int8", "--device=cuda"], "CPU-only"),
-    (["--input_subscription=projects/local-project/subscriptions/s1x"], "--input_bucket None is not a bucket"),
+    (["--input_subscription=projects/local-project/subscriptions/s1x"], "--input_bucket is required"),
+    (["--input_subscription=projects/local-project/subscriptions/s1x", "--sweep_interval_secs=0"],
+     "--input_bucket is required"),
     (["--input_subscription=projects/local-project/subscriptions/s1x", "--input_bucket=gs://b/"],
      "not a bucket name"),
 ])
@@ -43,10 +45,13 @@ def test_streaming_mode_is_selected_by_the_subscription():
     assert (opts.sweep_interval_secs, opts.sweep_grace_secs) == (300.0, 300.0)
 
 
-def test_the_sweeper_can_be_turned_off_without_a_bucket():
+def test_streaming_needs_the_bucket_even_without_the_sweeper():
+    """Only the bucket's own notifications are processed, so the bucket is required whatever the sweeper does."""
+    from beam_qa.config import from_options
     opts = parse_options(BASE + ["--input_subscription=projects/local-project/subscriptions/qa-uploads",
-                                 "--sweep_interval_secs=0"])
-    assert opts.sweep_interval_secs == 0 and opts.input_bucket is None
+                                 "--sweep_interval_secs=0", "--input_bucket=qa-local"])
+    config = from_options(opts, model="m")
+    assert config.source.sweep is None and config.source.bucket == "qa-local"
 
 
 def test_missing_model_fails_with_advice(tmp_path):
