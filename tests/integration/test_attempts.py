@@ -400,3 +400,20 @@ def test_a_renewal_whose_transaction_began_before_the_release_does_not_revive_it
     assert not renewed
     assert query(settings.dsn, "SELECT lease_until < now() FROM qa_files") == [(True,)]
     assert store.claim(event(trigger="sweep:2")) == 2
+
+
+def test_rows_postgresql_refuses_end_their_files_attempt_and_the_bundles_other_files_complete(store, settings):
+    from beam_qa import metrics
+    good, bad = event("good.csv"), event("bad.csv")
+    (good_chunk,) = start(store, good, 2, 2)
+    (bad_chunk,) = start(store, bad, 2, 2)
+    refused = [row._replace(start=2 ** 31) for row in outcomes(bad_chunk)]  # over int: a DataError, every time
+    with metrics.local_tally() as tally:
+        emitted = Bundles(settings).run(*refused, *outcomes(good_chunk))  # the bundle does not fail
+    assert [(c.event.key, c.attempt) for c in emitted] == [(good.key, 1)]
+    (status, ended, ending), = query(settings.dsn, "SELECT status, lease_until <= now(), attempt_error FROM qa_files "
+                                                   "WHERE source_uri = %s", (bad.uri,))
+    assert (status, ended) == ("received", True)
+    assert ending.startswith("an error while storing its rows (NumericValueOutOfRange: integer out of range"), ending
+    assert tally.counts.get("attempts_ended") == 1
+    assert store.claim(event("bad.csv", trigger="sweep:2")) == 2
