@@ -178,16 +178,13 @@ def _failed_outcomes(element: Any) -> Iterator[RowOutcome]:
             yield item[0]
 
 
-def attempt_ending(exc_repr: str) -> str:
-    """How an attempt ended when a step failed on its rows (completes "the last one ended with …").
+_ENDING = "an error that failed its rows as a batch ({})"
 
-    Args:
-        exc_repr: the exception's repr, as Beam's dead-letter output keeps it.
-    """
+
+def failure_of(exc_repr: str) -> str:
+    """The first line of an exception's repr (as Beam's dead-letter output keeps it), bounded."""
     first_line = (exc_repr.splitlines() or ["an unknown error"])[0]
-    if len(first_line) > _ENDING_CHARS:
-        first_line = first_line[:_ENDING_CHARS] + "…"
-    return f"an error that failed its rows as a batch ({first_line})"
+    return first_line[:_ENDING_CHARS] + "…" if len(first_line) > _ENDING_CHARS else first_line
 
 
 class _EndAttemptsFn(WorkerDoFn):
@@ -207,13 +204,13 @@ class _EndAttemptsFn(WorkerDoFn):
         element, (_, exc_repr, trace) = failed
         attempts = {(o.event.uri, o.event.generation, o.attempt): (o.event, o.attempt)
                     for o in _failed_outcomes(element)}
-        ending = attempt_ending(exc_repr)
+        failure = failure_of(exc_repr)
         for event, attempt in attempts.values():
             # True once per attempt: the other failed batches or rows of an ended attempt say nothing.
-            if self.pg.release(event, attempt, ending):
+            if self.pg.release(event, attempt, _ENDING.format(failure)):
                 metrics.ATTEMPTS_ENDED.inc()
-                _LOGGER.error("ended attempt %d of %s: %s; the sweeper starts the next one\n%s", attempt, event.key,
-                              ending, "".join(trace or [])[-4000:])
+                _LOGGER.error("ended attempt %d of %s: an error that failed its rows as a batch (%s); the sweeper "
+                              "starts the next one\n%s", attempt, event.key, failure, "".join(trace or [])[-4000:])
         return []
 
 

@@ -85,12 +85,12 @@ class _CommitRowsFn(WorkerDoFn):
     def _end_attempts(self, rows: list[RowOutcome], exc: Exception) -> None:
         """Rows that fail the same way on every try (refused data, a bug): their attempt ends, not the bundle."""
         first_line = (str(exc).splitlines() or [""])[0][:300]
-        ending = f"an error while storing its rows ({type(exc).__name__}: {first_line})"
+        error = f"{type(exc).__name__}: {first_line}"
         for event, attempt in {(row.event, row.attempt) for row in rows}:
-            if self.pg.release(event, attempt, ending):
+            if self.pg.release(event, attempt, f"an error while storing its rows ({error})"):
                 metrics.ATTEMPTS_ENDED.inc()
-                _LOGGER.exception("ended attempt %d of %s: %s; the sweeper starts the next one", attempt, event.key,
-                                  ending)
+                _LOGGER.error("ended attempt %d of %s: an error while storing its rows (%s); the sweeper starts the "
+                              "next one", attempt, event.key, error, exc_info=exc)
 
 
 class WriteAnswersPostgres(OneStepStage):
