@@ -89,7 +89,7 @@ _EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 class BatchFailed(Exception):
-    """A failure of a file's rows as a batch, described as ``"Type: first line"``.
+    """A failure of a file's rows as a batch, described as ``"Type: first line"``, its cause chained.
 
     It also carries a ``BaseException`` that escaped the handler (a native panic) as an
     Exception, the class RunInference's exception handling catches (``_EXITS`` never are: they
@@ -137,8 +137,7 @@ class _ContainedKeyedHandler(KeyedModelHandler):
         except BaseException as exc:  # pylint: disable=broad-exception-caught
             files = {_file_of(keyed) for keyed in batch}
             if len(files) == 1:
-                if isinstance(exc, Exception):
-                    raise
+                # The cause stays in the dead-letter traceback; the message is the ending's.
                 raise BatchFailed(describe(exc)) from exc
             failure = exc
         return self._answer_per_file(batch, model, inference_args, failure)

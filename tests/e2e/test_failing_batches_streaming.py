@@ -67,7 +67,7 @@ def test_a_file_whose_batches_always_fail_gives_up_and_the_next_file_is_answered
                                                 "FROM qa_files WHERE source_uri = %s", (uri,))
         assert kind == "gave_up" and attempt == MAX_ATTEMPTS + 1
         assert error.startswith(f"gave up after {MAX_ATTEMPTS} attempts; the last one ended with an error that "
-                                "failed its rows as a batch (TransientInferenceError('resource error persisted"), error
+                                "failed its rows as a batch (TransientInferenceError: resource error persisted"), error
         assert output == f"gs://{bucket.name}/errors/poison.{poison.generation}.csv"
         assert bucket.blob(output.split("/", 3)[3]).download_as_bytes() == marked
         wait_gone(bucket, "incoming/poison.csv", timeout=30)

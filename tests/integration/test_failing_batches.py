@@ -64,8 +64,8 @@ def test_a_batch_that_always_fails_ends_its_attempts_then_gives_up_and_the_other
     good.write_bytes(squad_csv(0, 6))
     dsn = fresh_database("beam_qa_failing_batches")
     state = "SELECT status, attempt, lease_until <= now(), attempt_error FROM qa_files WHERE source_uri = %s"
-    ending = ("an error that failed its rows as a batch (TransientInferenceError('resource error persisted "
-              "through 3 retries of one row: OutOfMemoryError: out of memory (injected by the test)'))")
+    ending = ("an error that failed its rows as a batch (TransientInferenceError: resource error persisted "
+              "through 3 retries of one row: OutOfMemoryError: out of memory (injected by the test))")
 
     first = _run(folder, tiny_model, dsn)           # the run ends: the failure did not stop it
     assert query(dsn, state, (str(poison),)) == [("received", 1, True, ending)]

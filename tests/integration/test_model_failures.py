@@ -72,7 +72,8 @@ def test_an_out_of_memory_error_that_persists_ends_the_attempt_instead_of_writin
     assert query(dsn, "SELECT count(*) FROM qa_answers") == [(0,)]
     (status, ended, ending), = query(dsn, "SELECT status, lease_until <= now(), attempt_error FROM qa_files")
     assert (status, ended) == ("received", True)
-    assert ending.startswith("an error that failed its rows as a batch (TransientInferenceError(")
+    assert ending.startswith("an error that failed its rows as a batch (TransientInferenceError: resource error "
+                             "persisted through 3 retries of one row: OutOfMemoryError: out of memory"), ending
     assert counters(result)["attempts_ended"] == 1
 
 
