@@ -19,8 +19,8 @@ from beam_qa.answering import (BatchFailed, FailedForFile, _ContainedKeyedHandle
                                _EndAttemptsFn)
 from beam_qa.launch import run
 from beam_qa.qa.handler import TransientInferenceError
-from beam_qa.records import ChunkRow, FileEvent, RowOutcome
-from beam_qa.settings import PostgresSettings
+from beam_qa.records import ChunkRow, Claim, FileEvent, RowOutcome
+from beam_qa.settings import InputSettings, PostgresSettings, StorageSettings
 from tests import handlers
 from tests.conftest import csv_bytes, fresh_database, query, squad_csv
 
@@ -166,3 +166,36 @@ def test_an_ending_that_cannot_be_recorded_fails_the_bundle_for_the_runner_to_re
         fn.setup()
         with pytest.raises(psycopg.OperationalError):
             fn.process(failed)
+
+
+def _parser_bug(*_args, **_kwargs):
+    raise RuntimeError("a parser bug (injected by the test)")
+
+
+@pytest.mark.parametrize("where", ["parse", "rows"])
+def test_a_parser_bug_ends_the_attempt_instead_of_failing_the_bundle(tmp_path, monkeypatch, where):
+    from beam_qa import reading
+    path = tmp_path / "a.csv"
+    path.write_bytes(squad_csv(0, 5))
+    stat = path.stat()
+    event = FileEvent(str(path), stat.st_mtime_ns, stat.st_size, str(tmp_path), "a.csv", 0.0, "")
+    settings = PostgresSettings(fresh_database("beam_qa_failing_parse"), retry_secs=10)
+    if where == "parse":
+        monkeypatch.setattr(reading, "parse_csv", _parser_bug)
+    else:  # rows are parsed as the chunks go out: the third row fails, after the first chunk left
+        original = reading.chunk_row_of
+        monkeypatch.setattr(reading, "chunk_row_of", lambda row, *args: _parser_bug() if row.row_index == 2
+                            else original(row, *args))
+    fn = reading._ReadCsvFn(InputSettings(chunk_size=2), settings, StorageSettings())  # pylint: disable=protected-access
+    fn.setup()
+    try:
+        store = runtime.postgres(settings)
+        with metrics.local_tally() as tally:
+            out = list(fn.process(Claim(event, store.claim(event))))   # no exception: the bundle goes on
+        assert [chunk.index for chunk in out] == ([] if where == "parse" else [0])
+        assert not store.heartbeat(event, 1)        # a chunk already out is dropped as superseded
+    finally:
+        runtime.close()
+    assert query(settings.dsn, "SELECT status, lease_until <= now(), attempt_error FROM qa_files") == [
+        ("received", True, "an error while reading it (RuntimeError: a parser bug (injected by the test))")]
+    assert tally.counts.get("attempts_ended") == 1
