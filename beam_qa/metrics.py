@@ -104,6 +104,7 @@ _FILE_ERRORS_BY = {kind: _counter(f"file_errors_{kind.value}") for kind in FileE
 # --- answering ---
 CHUNKS_STARTED = _counter("chunks_started")
 CHUNKS_SUPERSEDED = _counter("chunks_superseded")
+ATTEMPTS_ENDED = _counter("attempts_ended")
 INFERENCE_RETRIES = _counter("inference_retries")
 MODEL_LOADS = _counter("model_loads")
 MODEL_SWAPS = _counter("model_swaps")

@@ -18,6 +18,7 @@ from beam_qa.settings import InputSettings, OutputSettings, PostgresSettings, St
 from beam_qa.stage import OneStepStage
 from beam_qa.storage import ContentEncodingError, ContentTooLarge, SourceGone
 from beam_qa.store.attempts import gave_up_reason
+from beam_qa.store.retries import is_infrastructure
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ class _ReadCsvFn(WorkerDoFn):
         except FileError as exc:
             yield self._file_error(claim, exc)
             return
+        except Exception as exc:  # pylint: disable=broad-except
+            self._end_attempt(claim, exc)
+            return
         chunks = chunk_count(parsed.row_count, limits.chunk_size)
         if not self.pg.record_manifest(event, attempt, parsed.header, parsed.row_count, chunks):
             metrics.CHUNKS_SUPERSEDED.inc(chunks)
@@ -190,7 +194,27 @@ class _ReadCsvFn(WorkerDoFn):
         metrics.ROWS_READ.inc(parsed.row_count)
         _LOGGER.info("received %s (attempt %d) with %d rows in %d chunks", event.key, attempt, parsed.row_count,
                      chunks)
-        yield from _chunks(claim, parsed, limits.chunk_size)
+        try:
+            yield from _chunks(claim, parsed, limits.chunk_size)
+        except Exception as exc:  # pylint: disable=broad-except
+            # Rows are parsed as the chunks go out; the chunks already out are dropped as superseded.
+            self._end_attempt(claim, exc)
+
+    def _end_attempt(self, claim: Claim, exc: Exception) -> None:
+        """A parser failure that is no FileError (a bug): the same on every try, so it ends the attempt.
+
+        Failing the bundle instead would stop the local pipeline and be retried for ever on
+        Dataflow; ended, the file gives up after ``--max_attempts``. A database error (from a step
+        fused after this one, raised through the yield) still fails the bundle.
+        """
+        if is_infrastructure(exc):
+            raise exc
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        error = f"{type(exc).__name__}: {first_line}"
+        if self.pg.release(claim.event, claim.attempt, f"an error while reading it ({error})"):
+            metrics.ATTEMPTS_ENDED.inc()
+            _LOGGER.error("ended attempt %d of %s: an error while reading it (%s); the sweeper starts the next one",
+                          claim.attempt, claim.event.key, error, exc_info=exc)
 
     @staticmethod
     def _file_error(claim: Claim, exc: FileError):

@@ -18,6 +18,9 @@ ANSWERED_ON: dict[str, int] = {}
 FAILURES_LEFT = [0]
 # one callable per batch, called (and dropped) before that batch is answered (HookedHandler)
 BEFORE_BATCHES: list = []
+# FailingBatchHandler: a batch holding a row whose question contains FAIL_MARKER[0] raises FAIL_WITH[0]()
+FAIL_MARKER = ["<fail this batch>"]
+FAIL_WITH: list = [None]
 FORWARD_CALLS = [0]
 _LOCK = threading.Lock()
 
@@ -74,6 +77,27 @@ class FlakyHandler(QuestionAnsweringModelHandler):
         loaded = super().load_model()
         # A copy: the process-wide cache keeps the real model for everyone else.
         return dataclasses.replace(loaded, model=_FailingForward(loaded.model, out_of_memory))
+
+
+class InjectedPanic(BaseException):
+    """Stands for ``pyo3_runtime.PanicException``: a BaseException, not an Exception."""
+
+
+class FailingBatchHandler(QuestionAnsweringModelHandler):
+    """The real handler, except that every batch holding a marked question fails as a whole.
+
+    The error escapes ``run_inference`` the way a resource error does once the handler's own
+    retries are spent (``TransientInferenceError``), or a panic raised outside the per-row work.
+    """
+
+    def run_inference(self, batch, model, inference_args=None):
+        if any(FAIL_MARKER[0] in question for question, _ in batch):
+            raise FAIL_WITH[0]()
+        return super().run_inference(batch, model, inference_args)
+
+
+class FlakyFailingBatchHandler(FailingBatchHandler, FlakyHandler):
+    """Both: marked batches fail for good, and the forward pass runs out of memory ``FAILURES_LEFT`` times."""
 
 
 def install(monkeypatch, handler_class) -> None:

@@ -23,6 +23,7 @@ from beam_qa.runtime import WorkerDoFn
 from beam_qa.settings import OutputSettings, PostgresSettings, StorageSettings
 from beam_qa.sinks.gcs_csv import render_answers_csv
 from beam_qa.stage import OneStepStage
+from beam_qa.store.retries import is_infrastructure
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,16 +59,38 @@ class _CommitRowsFn(WorkerDoFn):
                 yield window.GlobalWindows.windowed_value(completed)
 
     def _commit(self, rows: list[RowOutcome]):
-        # A database that stays unreachable past the retry budget fails the bundle, so that
-        # the runner retries it: the rows are not lost, and nothing downstream ran.
-        result = self.pg.commit_rows(rows)
-        metrics.ROWS_COMMITTED.inc(result.committed)
-        if result.stale:
-            metrics.ROWS_STALE.inc(result.stale)
-            _LOGGER.info("dropped %d rows of a superseded or finished attempt", result.stale)
-        for completed in result.completed:
-            metrics.FILES_COMPLETED.inc()
-            yield completed
+        by_file: dict[tuple[str, int], list[RowOutcome]] = {}
+        for row in rows:
+            by_file.setdefault((row.event.uri, row.event.generation), []).append(row)
+        for file_rows in by_file.values():
+            # One file at a time (commit_rows commits each file on its own anyway), so that rows
+            # PostgreSQL refuses end their own file's attempt and no other file's completion is lost.
+            try:
+                result = self.pg.commit_rows(file_rows)
+            except Exception as exc:  # pylint: disable=broad-except
+                if is_infrastructure(exc):
+                    # A database that stays unreachable past the retry budget fails the bundle, so
+                    # that the runner retries it: the rows are not lost, and nothing downstream ran.
+                    raise
+                self._end_attempts(file_rows, exc)
+                continue
+            metrics.ROWS_COMMITTED.inc(result.committed)
+            if result.stale:
+                metrics.ROWS_STALE.inc(result.stale)
+                _LOGGER.info("dropped %d rows of a superseded or finished attempt", result.stale)
+            for completed in result.completed:
+                metrics.FILES_COMPLETED.inc()
+                yield completed
+
+    def _end_attempts(self, rows: list[RowOutcome], exc: Exception) -> None:
+        """Rows that fail the same way on every try (refused data, a bug): their attempt ends, not the bundle."""
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        error = f"{type(exc).__name__}: {first_line}"
+        for event, attempt in {(row.event, row.attempt) for row in rows}:
+            if self.pg.release(event, attempt, f"an error while storing its rows ({error})"):
+                metrics.ATTEMPTS_ENDED.inc()
+                _LOGGER.error("ended attempt %d of %s: an error while storing its rows (%s); the sweeper starts the "
+                              "next one", attempt, event.key, error, exc_info=exc)
 
 
 class WriteAnswersPostgres(OneStepStage):

@@ -11,9 +11,12 @@ import dataclasses
 import json
 
 from beam_qa.records import CompletedFile, FileEvent, RowOutcome
+from beam_qa.store.attempts import ENDED
 
-LOCK_FILE = """
-SELECT status, attempt, chunk_count, row_count FROM qa_files
+# ``ended``: the attempt was given back (attempts.ENDED); its late rows are stale, and committing
+# them must not renew its lease.
+LOCK_FILE = f"""
+SELECT status, attempt, chunk_count, row_count, lease_until = {ENDED} AS ended FROM qa_files
 WHERE source_uri = %s AND source_generation = %s FOR UPDATE
 """
 
@@ -103,8 +106,9 @@ class AnswerQueries:
     def commit_rows(self, outcomes: list[RowOutcome]) -> CommitResult:
         """Upserts answered rows and records them against their chunks, one transaction per file.
 
-        Rows of an attempt that is not the file's current unfinished one are dropped. A commit
-        that leaves every chunk of the current attempt complete reports the file as completed.
+        Rows of an attempt that is not the file's current unfinished one, or that was given back
+        (ended), are dropped. A commit that leaves every chunk of the current attempt complete
+        reports the file as completed.
         """
         result = CommitResult()
         by_file: dict[tuple[str, int], list[RowOutcome]] = {}
@@ -124,8 +128,9 @@ class AnswerQueries:
         state = conn.execute(LOCK_FILE, (event.uri, event.generation)).fetchone()
         if state is None:
             return 0, len(rows), None
-        status, attempt, chunk_count, row_count = state
-        current = [r for r in rows if r.attempt == attempt] if status == "received" and chunk_count else []
+        status, attempt, chunk_count, row_count, ended = state
+        live = status == "received" and chunk_count and not ended
+        current = [r for r in rows if r.attempt == attempt] if live else []
         if not current:
             return 0, len(rows), None
         conn.execute(UPSERT_ANSWERS, _answer_columns(event, current))

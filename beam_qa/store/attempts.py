@@ -36,15 +36,27 @@ WHERE source_uri = %(uri)s AND source_generation = %(generation)s AND status = '
   AND claim_token = %(token)s
 """
 
-RECORD_MANIFEST = """
+# An attempt that was given back (``RELEASE``) is over: its lease is set to the epoch, a mark no
+# lease of now() + lease_secs ever holds, so the statements that extend a lease (below, and the
+# commit of a chunk in answers.py) tell it from a live one whatever their transactions' start
+# times, and a late chunk, a retried bundle or the lease keeper never revives it. (Not
+# '-infinity': psycopg cannot read it back into a datetime.) It stays claimable: the sweeper or
+# the next claim starts the next attempt (or gives up after max_attempts).
+ENDED = "'epoch'::timestamptz"
+
+RECORD_MANIFEST = f"""
 UPDATE qa_files SET header = %s, row_count = %s, chunk_count = %s, chunks_done = 0,
                     lease_until = now() + make_interval(secs => %s)
 WHERE source_uri = %s AND source_generation = %s AND attempt = %s AND status = 'received'
+  AND lease_until IS DISTINCT FROM {ENDED}
 """
 
-HEARTBEAT = """
+# An expired lease that nobody has claimed again is still renewed (the worker was slow, or
+# PostgreSQL was away): only an ended attempt is refused.
+HEARTBEAT = f"""
 UPDATE qa_files SET lease_until = now() + make_interval(secs => %s)
 WHERE source_uri = %s AND source_generation = %s AND attempt = %s AND status = 'received'
+  AND lease_until IS DISTINCT FROM {ENDED}
 """
 
 # Renew only leases that are still live: a released (or expired) attempt stays claimable.
@@ -56,9 +68,10 @@ WHERE f.source_uri = held.uri AND f.source_generation = held.generation AND f.at
 RETURNING f.source_uri, f.source_generation, f.attempt
 """
 
-RELEASE = """
-UPDATE qa_files SET lease_until = now(), attempt_error = coalesce(%s, attempt_error)
+RELEASE = f"""
+UPDATE qa_files SET lease_until = {ENDED}, attempt_error = coalesce(%s, attempt_error)
 WHERE source_uri = %s AND source_generation = %s AND attempt = %s AND status = 'received'
+  AND lease_until IS DISTINCT FROM {ENDED}
 """
 
 FILE_STATE = """
@@ -141,15 +154,22 @@ class AttemptQueries:
                 RENEW_LEASES, (self.settings.lease_secs, uris, generations, attempts)).fetchall()},
             retry_secs=min(self.settings.retry_secs, self.settings.lease_secs / 3))
 
-    def release(self, event: FileEvent, attempt: int, ending: str | None = GIVEN_BACK) -> None:
-        """Ends the attempt's lease now, so that the sweeper may start another one.
+    def release(self, event: FileEvent, attempt: int, ending: str | None = GIVEN_BACK) -> bool:
+        """Ends the attempt now, for good, so that the sweeper may start another one.
+
+        Nothing renews an ended attempt's lease again (``ENDED``): its remaining chunks are
+        dropped as superseded and its rows as stale.
 
         Args:
             ending: how the attempt ended, a phrase that completes "the last one ended with …";
                 None keeps what is recorded (a give-up attempt keeps the last real attempt's).
+
+        Returns:
+            True when this call ended it; False when it had ended already, or was no longer
+            the current unfinished attempt (then nothing changed: the first ending is kept).
         """
-        self._run("releasing a lease", lambda conn: conn.execute(
-            RELEASE, (ending, event.uri, event.generation, attempt)))
+        return self._run("releasing a lease", lambda conn: conn.execute(
+            RELEASE, (ending, event.uri, event.generation, attempt)).rowcount == 1)
 
     def attempt_ending(self, event: FileEvent) -> str | None:
         """How the version's last attempt ended when its worker gave it back; None when its lease expired."""

@@ -37,3 +37,18 @@ def with_retries(action: Callable[[], T], *, what: str, deadline_secs: float,
                             what, type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether a failure says "the database, not this data": it must fail the bundle, not end a file.
+
+    Refused data (``DataError``: a value out of range; ``IntegrityError``) is the rows' own
+    problem and fails the same way on every attempt; anything else psycopg raises (a lost
+    connection, a pool timeout, a schema that does not match the code) is the deployment's, and
+    ending files for it would give up on every file in turn.
+    """
+    import psycopg
+    import psycopg_pool
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return True
+    return isinstance(exc, psycopg.Error) and not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))

@@ -350,3 +350,75 @@ def test_a_streaming_run_with_the_schedule_finishes_when_its_input_ends():
              | beam.ParDo(_SweepScheduleFn(3600.0)).with_input_types(beam.typehints.KV[str, int])
              | beam.Map(_record_tick))
     assert len(_TICKS) == 1, _TICKS  # the start-up sweep, then the drain stopped the loop
+
+
+# --- an ended attempt stays ended -----------------------------------------------------------------
+
+def test_an_ended_attempt_is_never_renewed_by_a_late_chunk_commit_or_the_lease_keeper(store, settings):
+    from beam_qa import metrics
+    from beam_qa.answering import _StartChunkFn  # pylint: disable=protected-access
+    ev = event()
+    chunks = start(store, ev, 4, 2)
+    keeper = LeaseKeeper(store)
+    keeper.hold(ev, 1)
+    worker = Bundles(settings)
+    worker.run(*outcomes(chunks[0]))                # chunk 0 committed before the failure
+    assert store.release(ev, 1, "an error that failed its rows as a batch (RuntimeError: boom)")
+    assert not store.release(ev, 1, "a second failure")  # already ended: the first ending stays
+    # Late work of the ended attempt: a retried bundle's chunk, another worker's commit, the keeper.
+    assert not store.heartbeat(ev, 1)
+    start_fn = _StartChunkFn(settings)
+    start_fn.setup()
+    with metrics.local_tally() as tally:
+        assert list(start_fn.process(chunks[1])) == []
+    assert tally.counts.get("chunks_superseded") == 1
+    assert worker.run(*outcomes(chunks[1])) == []   # its rows are stale: the file never completes
+    keeper.renew_now()
+    assert keeper.held() == set()
+    assert not store.record_manifest(ev, 1, ["id", "question", "context"], 4, 2)
+    assert query(settings.dsn, "SELECT status, attempt, lease_until <= now(), chunks_done, attempt_error "
+                               "FROM qa_files") == [
+        ("received", 1, True, 1, "an error that failed its rows as a batch (RuntimeError: boom)")]
+    # It is claimable at once: the next attempt starts, and it is renewed as usual.
+    retry = start(store, event(trigger="sweep:2"), 4, 2)
+    assert [c.attempt for c in retry] == [2, 2]
+    assert store.heartbeat(ev, 2)
+    keeper.stop()
+
+
+@pytest.mark.parametrize("late", ["renew", "heartbeat"])
+def test_a_renewal_whose_transaction_began_before_the_release_does_not_revive_it(store, settings, late):
+    """``now()`` is the transaction's start: a renewal that began first must still see the release."""
+    import psycopg
+    from beam_qa.store.attempts import HEARTBEAT, RENEW_LEASES
+    ev = event()
+    start(store, ev, 2, 2)
+    with psycopg.connect(settings.dsn) as slow:
+        slow.execute("SELECT now()")                # its transaction (and its now()) begins here
+        time.sleep(0.05)
+        assert store.release(ev, 1)                 # committed by another connection meanwhile
+        if late == "renew":
+            renewed = slow.execute(RENEW_LEASES, (60, [ev.uri], [ev.generation], [1])).fetchall()
+        else:
+            renewed = slow.execute(HEARTBEAT, (60, ev.uri, ev.generation, 1)).rowcount
+        slow.commit()
+    assert not renewed
+    assert query(settings.dsn, "SELECT lease_until < now() FROM qa_files") == [(True,)]
+    assert store.claim(event(trigger="sweep:2")) == 2
+
+
+def test_rows_postgresql_refuses_end_their_files_attempt_and_the_bundles_other_files_complete(store, settings):
+    from beam_qa import metrics
+    good, bad = event("good.csv"), event("bad.csv")
+    (good_chunk,) = start(store, good, 2, 2)
+    (bad_chunk,) = start(store, bad, 2, 2)
+    refused = [row._replace(start=2 ** 31) for row in outcomes(bad_chunk)]  # over int: a DataError, every time
+    with metrics.local_tally() as tally:
+        emitted = Bundles(settings).run(*refused, *outcomes(good_chunk))  # the bundle does not fail
+    assert [(c.event.key, c.attempt) for c in emitted] == [(good.key, 1)]
+    (status, ended, ending), = query(settings.dsn, "SELECT status, lease_until <= now(), attempt_error FROM qa_files "
+                                                   "WHERE source_uri = %s", (bad.uri,))
+    assert (status, ended) == ("received", True)
+    assert ending.startswith("an error while storing its rows (NumericValueOutOfRange: integer out of range"), ending
+    assert tally.counts.get("attempts_ended") == 1
+    assert store.claim(event("bad.csv", trigger="sweep:2")) == 2

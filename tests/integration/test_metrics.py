@@ -38,6 +38,7 @@ from beam_qa import metrics, runtime, secret_manager
 from beam_qa.metrics import NAMESPACE
 from beam_qa.launch import run
 from beam_qa.qa import model_manifest
+from beam_qa.qa.handler import TransientInferenceError
 from beam_qa.records import FileEvent
 from beam_qa.settings import PostgresSettings
 from tests import handlers
@@ -200,19 +201,26 @@ def failing_outputs_run(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def failing_model_run(tmp_path_factory, tiny_model):
-    """The model runs out of memory once, and one row of three makes it raise for good."""
+    """The model runs out of memory once, one row of three makes it raise for good, and a batch of
+    another file fails as a whole (its attempt ends)."""
     base = tmp_path_factory.mktemp("metrics-model")
     model = poisoned_model(tiny_model, base / "poisoned-model")
     incoming = base / "in"
     incoming.mkdir()
     (incoming / "rows.csv").write_bytes(csv_bytes(["question", "context"], [
         ["Who?", "Alice met Bob."], ["Where?", f"In {POISON} Paris."], ["When?", "In 1999."]]))
+    (incoming / "ends.csv").write_bytes(csv_bytes(["question", "context"], [
+        [f"Why?{handlers.FAIL_MARKER[0]}", "Because."]]))
     dsn = fresh_database("beam_qa_metrics_model")
     with pytest.MonkeyPatch.context() as patch:
-        handlers.install(patch, handlers.FlakyHandler)
+        handlers.install(patch, handlers.FlakyFailingBatchHandler)
         handlers.FAILURES_LEFT[0] = 1
-        result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={model}", f"--pg_dsn={dsn}",
-                      "--max_batch_size=4", "--keep_source"])
+        handlers.FAIL_WITH[0] = lambda: TransientInferenceError("out of memory, for good (injected by the test)")
+        try:
+            result = run([f"--input_pattern={incoming / '*.csv'}", f"--model={model}", f"--pg_dsn={dsn}",
+                          "--max_batch_size=4", "--keep_source"])
+        finally:
+            handlers.FAIL_WITH[0] = None
     return read_metrics(result)[0], dsn
 
 
@@ -575,7 +583,9 @@ def test_a_passing_shortage_is_retried_and_a_failing_row_is_a_row_error(failing_
     assert counters["row_errors_model"] == 1
     assert counters["rows_answered"] == 2
     assert counters["files_done"] == 1
-    rows = query(dsn, "SELECT row_index, answer IS NULL, error FROM qa_answers ORDER BY row_index")
+    assert counters["attempts_ended"] == 1                  # ends.csv: its batch failed as a whole
+    rows = query(dsn, "SELECT row_index, answer IS NULL, error FROM qa_answers WHERE source_uri LIKE %s "
+                      "ORDER BY row_index", ("%rows.csv",))
     assert [(index, no_answer) for index, no_answer, _ in rows] == [(0, False), (1, True), (2, False)]
     assert rows[1][2].startswith("model failed on this row: ") and "index out of range" in rows[1][2]
 

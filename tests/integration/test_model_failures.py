@@ -59,21 +59,22 @@ def test_an_out_of_memory_error_once_is_retried_and_the_file_is_answered_without
     assert query(flaky, ANSWERS) == query(clean, ANSWERS)
 
 
-def test_an_out_of_memory_error_that_persists_fails_the_bundle_instead_of_writing_row_errors(
+def test_an_out_of_memory_error_that_persists_ends_the_attempt_instead_of_writing_row_errors(
         folder, tiny_model, monkeypatch):
-    from beam_qa.qa.handler import TransientInferenceError
     dsn = fresh_database("beam_qa_oom_always")
     handlers.install(monkeypatch, handlers.FlakyHandler)
     handlers.FAILURES_LEFT[0] = 10 ** 6
     monkeypatch.setattr("beam_qa.qa.handler.time.sleep", lambda _secs: None)  # skip the retry pauses
-    with pytest.raises(Exception) as info:
-        _run(folder, tiny_model, dsn)
-    assert TransientInferenceError.__name__ in str(info.value) or isinstance(info.value, TransientInferenceError)
+    result = _run(folder, tiny_model, dsn)  # the run goes on: the failure is data, not a failed bundle
     handlers.FAILURES_LEFT[0] = 0
-    # Nothing was recorded as an answer or a row error, and the file is not final: the runner
-    # (Dataflow retries the bundle) or the sweeper (after the lease) tries it again.
+    # Nothing was recorded as an answer or a row error, and the file is not final: its attempt
+    # ended with the error, so the sweeper (or the next run) tries it again, up to --max_attempts.
     assert query(dsn, "SELECT count(*) FROM qa_answers") == [(0,)]
-    assert query(dsn, "SELECT status FROM qa_files") == [("received",)]
+    (status, ended, ending), = query(dsn, "SELECT status, lease_until <= now(), attempt_error FROM qa_files")
+    assert (status, ended) == ("received", True)
+    assert ending.startswith("an error that failed its rows as a batch (TransientInferenceError: resource error "
+                             "persisted through 3 retries of one row: OutOfMemoryError: out of memory"), ending
+    assert counters(result)["attempts_ended"] == 1
 
 
 def test_a_deterministic_failure_is_a_row_error_for_that_row_only(tmp_path, tiny_model):
