@@ -63,7 +63,8 @@ def create_upload(request: Request, response: Response, client: ClientDep, setti
         check_name(file.filename)
         data = read_capped(file.file, settings.max_upload_bytes)
         size = len(data)
-        rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows)
+        rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows,
+                            max_row_bytes=settings.max_row_bytes)
     except ApiError as exc:
         _record_rejection(db, client, new_upload_id(), display_name(file.filename), size, exc)
         raise
