@@ -41,7 +41,7 @@ STALL_NOTE = ("The pipeline has not picked this file up after {secs:.0f} s. Is i
 
 
 @router.post("", status_code=201, response_model=UploadAccepted,
-             responses=error_responses(401, 409, 413, 415, 422, 503),
+             responses=error_responses(401, 403, 409, 413, 415, 422, 503),
              summary="Upload a question,context CSV")
 def create_upload(request: Request, response: Response, client: ClientDep, settings: SettingsDep, store: StoreDep,
                   db: DatabaseDep,
