@@ -63,7 +63,10 @@ class UploadSizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > allowed:
-                    raise too_large(max_bytes)
+                    # Closing the connection: else uvicorn reads and discards the rest of the body.
+                    error = too_large(max_bytes)
+                    error.headers = {"Connection": "close"}
+                    raise error
             return message
         await self.app(scope, capped_receive, send)
 
