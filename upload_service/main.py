@@ -9,10 +9,11 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from upload_service.api.gate import AuthGate, CrossSiteGuard, refuse
 from upload_service.api.routes import health, uploads, web
 from upload_service.core.auth import auth_refusal, warn_about_auth
 from upload_service.core.config import CLOUD_RUN_MAX_UPLOAD_BYTES, MULTIPART_OVERHEAD_BYTES, get_settings, on_cloud_run
-from upload_service.core.errors import error_response, install_error_handlers
+from upload_service.core.errors import install_error_handlers
 from upload_service.core.headers import SecurityHeaders
 from upload_service.core.logs import RequestLogMiddleware, configure_logging
 from upload_service.services.validation import too_large
@@ -52,8 +53,7 @@ class UploadSizeLimit:
         allowed = max_bytes + MULTIPART_OVERHEAD_BYTES
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > allowed:
-            error = too_large(max_bytes)
-            await error_response(error.status_code, error.body)(scope, receive, send)
+            await refuse(too_large(max_bytes), scope, receive, send)
             return
         received = 0
 
@@ -63,7 +63,10 @@ class UploadSizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > allowed:
-                    raise too_large(max_bytes)
+                    # Closing the connection: else uvicorn reads and discards the rest of the body.
+                    error = too_large(max_bytes)
+                    error.headers = {"Connection": "close"}
+                    raise error
             return message
         await self.app(scope, capped_receive, send)
 
@@ -126,6 +129,9 @@ def create_app(*, configure_logs: bool = False) -> FastAPI:
     static = resources.files("upload_service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_middleware(UploadSizeLimit, fastapi_app=app, path="/uploads")
+    # Outside the size cap: who calls is decided before anything of the body is read.
+    app.add_middleware(AuthGate, fastapi_app=app, prefix="/uploads")
+    app.add_middleware(CrossSiteGuard)
     # Outside the size cap, so that its refusals carry the headers too.
     app.add_middleware(SecurityHeaders)
     # Added last, so it is outermost: it also logs the requests the size cap refuses.

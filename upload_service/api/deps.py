@@ -50,6 +50,9 @@ def get_database(request: Request, settings: SettingsDep) -> Database:
                                     apply_migrations=settings.apply_migrations))
 
 
+# Where AuthGate leaves the identified Client in the request's scope state.
+GATED_CLIENT = "caller"
+
 StoreDep = Annotated[UploadStore, Depends(get_store)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
@@ -80,8 +83,22 @@ def _key(request: Request) -> str | None:
     return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
+def served_on_loopback(request: Request) -> bool:
+    """Whether the connection arrived on a loopback address of this machine.
+
+    Decided from the server side of the connection (``scope["server"]``: the address the socket
+    accepted it on), never from the peer address: uvicorn's ``--proxy-headers`` rewrites the peer
+    from ``X-Forwarded-For``, which any caller can send. Only a process on this machine can reach a
+    loopback address, whatever address the server listens on (0.0.0.0 included).
+    """
+    server = request.scope.get("server")
+    return bool(server) and is_loopback(server[0])
+
+
 def identify(request: Request, settings: Settings) -> Client:
     """Who is calling: an IAP identity, a key's client, or with authentication off the one client.
+
+    Reads headers only, never the body (``AuthGate`` calls it before the body is read).
 
     Raises:
         ApiError: 401 when keys are configured and none matches, or an IAP assertion is bad; 401
@@ -90,8 +107,7 @@ def identify(request: Request, settings: Settings) -> Client:
     if not settings.authenticates:
         # Fail closed even when served by a bare `uvicorn --host 0.0.0.0` (which skips the start-up
         # check of `python -m upload_service`): without keys, only this machine is served.
-        peer = request.client.host if request.client else None
-        if settings.auth != "none" and not is_loopback(peer):
+        if settings.auth != "none" and not served_on_loopback(request):
             raise _unauthorized("this service has no API keys configured, so it serves only callers on its "
                                 "own machine", "The operator sets QA_API_KEYS (docs/upload-service.md).")
         return Client(None)
@@ -117,10 +133,14 @@ def require_client(request: Request, settings: SettingsDep, _bearer_scheme: Bear
                    _key_scheme: ApiKeyDep) -> Client:
     """The calling client; every ``/uploads`` endpoint depends on it.
 
-    The two security schemes are parameters so that the OpenAPI document shows them;
-    ``identify`` reads the same headers itself, for ``/readyz`` too.
+    ``AuthGate`` has identified the caller before the body was read; this returns that identity
+    (and identifies the caller itself only if the gate did not run). The two security schemes are
+    parameters so that the OpenAPI document shows them; ``identify`` reads the same headers itself,
+    for ``/readyz`` too.
     """
-    client = identify(request, settings)
+    client = (request.scope.get("state") or {}).get(GATED_CLIENT)
+    if not isinstance(client, Client):
+        client = identify(request, settings)
     request.state.client = client.name  # for the request log line
     return client
 

@@ -78,6 +78,9 @@ class Answer(BaseModel):
     answer_start: int | None = Field(default=None, description="Character offset into context.")
     answer_end: int | None = None
     error: str | None = Field(default=None, description="Row error, or null.")
+    truncated: bool = Field(default=False, description="The row's text alone is over QA_MAX_PAGE_BYTES: each "
+                                                       "text field is cut to QA_MAX_PAGE_BYTES / 20 characters; "
+                                                       "the answers CSV (`?format=csv`) holds the whole row.")
 
 
 class AnswersPage(BaseModel):

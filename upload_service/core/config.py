@@ -25,6 +25,11 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 CLOUD_RUN_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 CLOUD_RUN_MAX_UPLOAD_BYTES = CLOUD_RUN_MAX_REQUEST_BYTES - MULTIPART_OVERHEAD_BYTES
 
+# The longest record (one row, quoted line breaks included) an upload may hold. Parsing holds a
+# record at about 13 times its size, so this bounds the parser's memory per request (about 13 MiB);
+# it holds four contexts of the pipeline's --max_context_chars (100,000) even at 4 bytes a character.
+DEFAULT_MAX_ROW_BYTES = 1024 * 1024
+
 # A page of answers stops at this many bytes of text even when `limit` allows more rows.
 DEFAULT_MAX_PAGE_BYTES = 2 * 1024 * 1024
 
@@ -66,6 +71,8 @@ class Settings(BaseSettings):
             (``/projects/NUMBER/...``); the verified e-mail address is then the client.
         iap_certs_url: where IAP's public keys are fetched from.
         max_page_bytes: a page of answers stops at this many bytes of text.
+        max_row_bytes: a file with a longer record (a row, its quoted line breaks included) is
+            rejected with 422 ``row_too_large`` before it is parsed: this bounds the parser's memory.
         max_upload_bytes: larger files are rejected with 413 (default: the pipeline's 50 MiB; on
             Cloud Run 32 MiB minus 64 KiB, see ``CLOUD_RUN_MAX_UPLOAD_BYTES``).
         max_rows: files with more data rows are rejected with 422.
@@ -92,6 +99,7 @@ class Settings(BaseSettings):
     iap_certs_url: str = IAP_CERTS_URL
     max_page_bytes: int = Field(default=DEFAULT_MAX_PAGE_BYTES, ge=1024)
     max_upload_bytes: int = Field(default_factory=default_max_upload_bytes, gt=0)
+    max_row_bytes: int = Field(default=DEFAULT_MAX_ROW_BYTES, ge=1024)
     max_rows: int = Field(default=DEFAULT_MAX_ROWS, gt=0)
     backend_timeout_secs: float = Field(default=10.0, gt=0)
     stall_after_secs: float = Field(default=60.0, gt=0)

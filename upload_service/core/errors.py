@@ -81,7 +81,9 @@ def install_error_handlers(app) -> None:
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these status codes, all with the ErrorResponse shape."""
     descriptions = {
-        401: "No API key, a wrong one, or a bad Identity-Aware Proxy assertion (`unauthorized`).",
+        401: "No API key, a wrong one, or a bad Identity-Aware Proxy assertion (`unauthorized`); decided before "
+             "the request body is read.",
+        403: "A page of another site sent this request (`cross_site`: `Sec-Fetch-Site` or `Origin` says so).",
         404: "No upload with this id for this client (`not_found`): another client's upload is answered the same.",
         409: "The answers are not there yet, or the file failed or was rejected (`not_ready`, `upload_failed`); "
              "a retry while the first request with its Idempotency-Key is still storing (`in_progress`).",
@@ -91,7 +93,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
              "`idempotency_key_reused` (POST /uploads: the key came with another file), or the pipeline's file "
              "error kinds "
              "`not_utf8`, `binary`, `empty`, `duplicate_columns`, `missing_columns` (`details.missing`), "
-             "`too_many_rows` (`details.limit_rows`), `malformed_csv`, `no_rows`.",
+             "`too_many_rows` (`details.limit_rows`), `malformed_csv`, `no_rows`; `row_too_large` (a row over "
+             "`QA_MAX_ROW_BYTES`, `details.line` and `details.limit_bytes`).",
         503: "GCS or PostgreSQL cannot be reached (`storage_unavailable`, `database_unavailable`), or the "
              "database schema is older than the service needs (`schema_outdated`).",
     }

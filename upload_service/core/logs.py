@@ -70,6 +70,31 @@ def configure_logging(log_format: str, level: str) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
+# A logged request target holds printable ASCII only: anything else is written %XX.
+_PRINTABLE = frozenset(range(0x21, 0x7F))
+_MAX_TARGET_BYTES = 2048
+
+
+def _escaped(raw: bytes) -> str:
+    return "".join(chr(b) if b in _PRINTABLE else f"%{b:02X}" for b in raw)
+
+
+def request_target(scope) -> str:
+    """The request's path and query as sent, for a log line: never a line break or a control character.
+
+    ``scope["path"]`` is percent-decoded (``/%0A…`` holds a real line break, which would forge a
+    log line of the caller's choosing), so the raw target is used, as sent, with every byte outside
+    printable ASCII percent-encoded, and cut at 2 KiB.
+    """
+    raw = scope.get("raw_path")
+    if raw is None:
+        raw = scope.get("path", "").encode("utf-8", "surrogateescape")
+    query = scope.get("query_string", b"")
+    target = raw + b"?" + query if query else raw
+    cut = len(target) > _MAX_TARGET_BYTES
+    return _escaped(target[:_MAX_TARGET_BYTES]) + ("…" if cut else "")
+
+
 class RequestLogMiddleware:
     """Logs one line per HTTP request: method, path, status, duration, and Cloud Logging's httpRequest.
 
@@ -100,9 +125,7 @@ class RequestLogMiddleware:
             self._log(scope, response["status"], response["size"], time.perf_counter() - started)
 
     def _log(self, scope, status: int, size: int, seconds: float) -> None:
-        path = scope.get("path", "")
-        query = scope.get("query_string", b"").decode("latin-1")
-        target = f"{path}?{query}" if query else path
+        target = request_target(scope)
         headers = dict(scope.get("headers") or [])
         client = scope.get("client") or ("", 0)
         # The calling client's name, once api.deps.require_client has identified it.

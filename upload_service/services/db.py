@@ -251,8 +251,11 @@ class Database:
 
     def answers(self, uri: str, generation: int, offset: int, limit: int, max_bytes: int) -> list[dict]:
         """One page of answers in row order: at most ``limit`` rows, cut once their text passes
-        ``max_bytes`` (at least one row)."""
-        params = {"uri": uri, "generation": generation, "offset": offset, "limit": limit, "max_bytes": max_bytes}
+        ``max_bytes`` (at least one row); a row whose text alone is over ``max_bytes`` has each text
+        field cut to ``max_bytes // 20`` characters (five fields of at most 4 bytes a character) and
+        ``truncated`` set, so a page's text is under ``2 * max_bytes`` whatever its rows hold."""
+        params = {"uri": uri, "generation": generation, "offset": offset, "limit": limit, "max_bytes": max_bytes,
+                  "cut": max_bytes // 20}
 
         def work(conn):
             cur = conn.execute(sql.ANSWERS_PAGE, params)

@@ -95,7 +95,14 @@ WITH page AS (
     FROM qa_answers WHERE source_uri = %(uri)s AND source_generation = %(generation)s
     ORDER BY row_index OFFSET %(offset)s LIMIT %(limit)s
 )
-SELECT row_index, id, question, context, answer, score, answer_start, answer_end, error
+SELECT row_index,
+       CASE WHEN bytes > %(max_bytes)s THEN left(id, %(cut)s) ELSE id END AS id,
+       CASE WHEN bytes > %(max_bytes)s THEN left(question, %(cut)s) ELSE question END AS question,
+       CASE WHEN bytes > %(max_bytes)s THEN left(context, %(cut)s) ELSE context END AS context,
+       CASE WHEN bytes > %(max_bytes)s THEN left(answer, %(cut)s) ELSE answer END AS answer,
+       score, answer_start, answer_end,
+       CASE WHEN bytes > %(max_bytes)s THEN left(error, %(cut)s) ELSE error END AS error,
+       bytes > %(max_bytes)s AS truncated
 FROM (SELECT *, sum(bytes) OVER (ORDER BY row_index) - bytes AS before FROM page) sized
 WHERE before < %(max_bytes)s
 ORDER BY row_index

@@ -41,7 +41,7 @@ STALL_NOTE = ("The pipeline has not picked this file up after {secs:.0f} s. Is i
 
 
 @router.post("", status_code=201, response_model=UploadAccepted,
-             responses=error_responses(401, 409, 413, 415, 422, 503),
+             responses=error_responses(401, 403, 409, 413, 415, 422, 503),
              summary="Upload a question,context CSV")
 def create_upload(request: Request, response: Response, client: ClientDep, settings: SettingsDep, store: StoreDep,
                   db: DatabaseDep,
@@ -63,7 +63,8 @@ def create_upload(request: Request, response: Response, client: ClientDep, setti
         check_name(file.filename)
         data = read_capped(file.file, settings.max_upload_bytes)
         size = len(data)
-        rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows)
+        rows = validate_csv(data, file.filename, max_bytes=settings.max_upload_bytes, max_rows=settings.max_rows,
+                            max_row_bytes=settings.max_row_bytes)
     except ApiError as exc:
         _record_rejection(db, client, new_upload_id(), display_name(file.filename), size, exc)
         raise
