@@ -72,7 +72,8 @@ def clock_ticking(stack):
     def tick():
         while not stop.wait(0.5):
             publish(stack, {"eventType": "OBJECT_DELETE", "bucketId": stack.config.bucket,
-                            "objectId": "incoming/tick.csv", "objectGeneration": "1"}, {})
+                            "objectId": "incoming/tick.csv", "objectGeneration": "1",
+                            "payloadFormat": "JSON_API_V1"}, {})
     thread = threading.Thread(target=tick, daemon=True)
     thread.start()
     try:
