@@ -17,7 +17,7 @@ from beam_qa.qa import decode, forward
 from beam_qa.qa.forward import usable_cpus  # noqa: F401  (beam_qa.launch sizes model calls with it)
 from beam_qa.qa import precision as precisions
 from beam_qa.qa.model_store import LoadedModel, load_count, load_model
-from beam_qa.qa.windows import QaExample, least_padding_runs, micro_batches, tokenize
+from beam_qa.qa.windows import QaExample, describe, is_row_failure, least_padding_runs, micro_batches, tokenize
 from beam_qa.settings import ModelSettings, StorageSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -194,13 +194,16 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     def _answer_isolating(self, batch: list[QaExample], model: LoadedModel) -> list[QaPrediction]:
         try:
             return self._answer(batch, model)
-        except Exception as exc:  # pylint: disable=broad-except
+        except BaseException as exc:  # pylint: disable=broad-except
+            # BaseException: a native panic (pyo3_runtime.PanicException) is one, and escaping here
+            # it would fail the bundle, for ever on a streaming runner.
+            if not is_row_failure(exc):
+                raise
             if is_transient(exc):
                 return self._retry_transient(batch, model, exc)
             if len(batch) == 1:
-                first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-                _LOGGER.warning("the model failed on one row: %s: %s", type(exc).__name__, first_line)
-                return [QaPrediction(span=None, error=f"model failed on this row: {type(exc).__name__}: {first_line}",
+                _LOGGER.warning("the model failed on one row: %s", describe(exc, 300))
+                return [QaPrediction(span=None, error=f"model failed on this row: {describe(exc, 300)}",
                                      kind=RowErrorKind.MODEL.value)]
             middle = len(batch) // 2
             return self._answer_isolating(batch[:middle], model) + self._answer_isolating(batch[middle:], model)
@@ -217,7 +220,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             time.sleep(0.5 * 2 ** (attempt - 1))
             try:
                 return self._answer(batch, model)
-            except Exception as again:  # pylint: disable=broad-except
+            except BaseException as again:  # pylint: disable=broad-except
+                if not is_row_failure(again):
+                    raise
                 if not is_transient(again):
                     return self._answer_isolating(batch, model)
                 metrics.INFERENCE_RETRIES.inc()
@@ -230,7 +235,8 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     def _answer(self, batch: Sequence[QaExample], model: LoadedModel) -> list[QaPrediction]:
         settings = self._settings
         windows = tokenize(batch, model.tokenizer, max_seq_len=settings.max_seq_len, doc_stride=settings.doc_stride,
-                           type_ids="token_type_ids" in forward.input_names(model.tokenizer))
+                           type_ids="token_type_ids" in forward.input_names(model.tokenizer),
+                           max_windows=settings.window_limit())
         budget = settings.tokens_per_forward or default_tokens_per_forward(model.device, model.precision)
         plan = micro_batches(windows.lengths, budget, self.split_runs)
         found = forward.candidates(windows, plan, model, max_answer_len=settings.max_answer_len,
@@ -240,8 +246,8 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         predictions = []
         for index, (_, context) in enumerate(batch):
             if index in windows.errors:
-                predictions.append(QaPrediction(span=None, error=windows.errors[index],
-                                                kind=RowErrorKind.QUESTION_TOO_LONG.value))
+                kind, error = windows.errors[index]
+                predictions.append(QaPrediction(span=None, error=error, kind=kind.value))
                 continue
             # In window order (the tokenizer's): equal answers from several windows merge into the
             # first one's offsets, as in the reference, so the order matters.
