@@ -239,9 +239,10 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
                            max_windows=settings.window_limit())
         budget = settings.tokens_per_forward or default_tokens_per_forward(model.device, model.precision)
         plan = micro_batches(windows.lengths, budget, self.split_runs)
+        # A batch whose every row is a row error has no window to run (and nothing to decode).
         found = forward.candidates(windows, plan, model, max_answer_len=settings.max_answer_len,
                                    concurrent_calls=settings.concurrent_calls,
-                                   overlap=forward.overlap_pays(model.device))
+                                   overlap=forward.overlap_pays(model.device)) if len(windows) else []
         bounds = windows.example_bounds(len(batch)).tolist()
         predictions = []
         for index, (_, context) in enumerate(batch):

@@ -288,7 +288,15 @@ def tokenize(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_str
                                   count=int(lengths.sum()))
     allowed = _context_tokens(encodings, width)
     if tokenizer.cls_token_id is not None:
-        allowed |= (ids == tokenizer.cls_token_id) & real
+        cls = (ids == tokenizer.cls_token_id) & real
+        # A question may spell the CLS token ("[CLS]"). The reference unmasks it too, then reads
+        # that question token's offsets as if they were the context's (a span past the context's
+        # end); only the template's CLS may stand for "no answer" here. Rare: one CLS a window is the rule.
+        for window in np.flatnonzero(cls.sum(axis=1) > 1).tolist():
+            sequence_ids = encodings[window].sequence_ids
+            for column in np.flatnonzero(cls[window]).tolist():
+                cls[window, column] = sequence_ids[column] is None
+        allowed |= cls
     return Windows(encodings=encodings, example=example, lengths=lengths, ids=ids, type_ids=types,
                    allowed=allowed, errors=errors)
 

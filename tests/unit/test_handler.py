@@ -257,3 +257,21 @@ def test_an_interrupt_from_the_model_is_not_a_row_error(tiny_model, monkeypatch)
     handler = handlers.PanickingHandler(tiny_model, device="cpu")
     with pytest.raises(KeyboardInterrupt):
         handler.run_inference([("[MASK]?", "In Paris.")], handler.load_model())
+
+
+def test_a_batch_of_only_refused_rows_keeps_each_rows_own_error(handler):
+    """No window to run: each row keeps its question_too_long, not a model failure of the empty batch."""
+    results = list(handler.run_inference([("q " * 600, "context"), ("why " * 300, "more context")],
+                                         handler.load_model()))
+    assert _outcomes(results) == ["question_too_long", "question_too_long"]
+
+
+def test_a_question_that_spells_the_cls_token_gets_a_span_of_its_own_context(handler):
+    """Found by tests/fuzz/test_windows_fuzz.py: "[CLS]" in a question is a CLS token, which the
+    reference also lets be an answer, reading its offsets in the context (a span past its end)."""
+    model = handler.load_model()
+    for context in ("", "Paris", "It is in Paris, France."):
+        (result,) = handler.run_inference([("[CLS] [CLS] where?", context)], model)
+        span = result.inference.span
+        assert span is not None and 0 <= span.start <= span.end <= len(context), (context, span)
+        assert context[span.start:span.end] == span.answer
