@@ -175,8 +175,11 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         works per batch: it would turn a passing out-of-memory into row errors for a whole
         batch, and one bad row into errors for all its batch-mates. A resource error is
         retried with the batch cut in halves (down to single rows, a few times each) and then
-        raised as ``TransientInferenceError`` to fail the bundle; any other error is narrowed
-        down by halving to the rows that cause it, which become row errors.
+        raised as ``TransientInferenceError`` to fail the bundle; any other exception (a
+        ``BaseException`` such as a native panic included; only ``KeyboardInterrupt``,
+        ``SystemExit`` and ``GeneratorExit`` pass) is narrowed down by halving to the rows that
+        cause it, which become ``model`` row errors. Rows whose work would be out of bounds get
+        their row error before anything is tokenized (``beam_qa.qa.windows.check_rows``).
         """
         if self._unreported_loads:
             metrics.MODEL_LOADS.inc(self._unreported_loads)

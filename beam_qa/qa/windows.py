@@ -96,10 +96,11 @@ def check_rows(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_s
 
     A question that leaves a window fewer than ``min_new_tokens`` new context tokens (or has more
     than ``QUESTION_CHARS_PER_TOKEN`` characters per token it may hold) is ``question_too_long``;
-    a context that needs more than ``max_windows`` windows is ``context_too_long``. The questions
-    are counted in one batched tokenizer call (they are short); a context's windows are bounded
-    from its UTF-8 length (no supported tokenizer makes more tokens than bytes) and counted
-    exactly, on its own, only when that bound is over the limit.
+    a context that needs more than ``max_windows`` windows is ``context_too_long``. Lengths are
+    bounded from UTF-8 lengths first (no WordPiece or byte-level BPE token is shorter than a
+    byte), so that the usual row costs no tokenizer call here: the questions that bound does not
+    settle are counted in one batched call, and a context is counted, on its own, only when its
+    bound is over the limit.
 
     Args:
         batch: ``(question, context)`` pairs.
@@ -117,11 +118,16 @@ def check_rows(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_s
     rule = (f"with doc_stride {doc_stride} a question may have at most {most} tokens, so that each window "
             f"adds {least_new} new context tokens; shorten the question")
     errors: dict[int, RowFailure] = {}
+    questions: dict[int, int] = {}  # batch index -> the question's tokens, or a bound on them
     counted = []
     for index, (question, _) in enumerate(batch):
         if len(question) > most * QUESTION_CHARS_PER_TOKEN:
             errors[index] = (RowErrorKind.QUESTION_TOO_LONG,
                              f"question too long for max_seq_len {max_seq_len}: {len(question):,} characters; {rule}")
+        elif (size := _utf8_length(question)) < most:
+            # No WordPiece or byte-level BPE token is shorter than a byte (SentencePiece may add one
+            # before the first word): a question this short fits uncounted, as almost all do.
+            questions[index] = size
         else:
             counted.append(index)
     for index, tokens in zip(counted, _token_counts([batch[i][0] for i in counted], tokenizer)):
@@ -130,18 +136,25 @@ def check_rows(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_s
         elif tokens > most:
             errors[index] = (RowErrorKind.QUESTION_TOO_LONG,
                              f"question too long for max_seq_len {max_seq_len}: {tokens:,} tokens; {rule}")
-        elif max_windows is not None:
-            context = batch[index][1]
-            room = max_seq_len - specials - tokens
-            size = len(context) if context.isascii() else len(context.encode("utf-8", "surrogatepass"))
-            if windows_needed(size, room, doc_stride) > max_windows:
-                # Rare (a context near --max_context_chars of dense or non-ASCII text): count it.
-                exact = _token_counts([context], tokenizer)[0]
-                if isinstance(exact, BaseException):
-                    errors[index] = (RowErrorKind.MODEL, f"the tokenizer failed on this row's context: {describe(exact)}")
-                elif (needed := windows_needed(exact, room, doc_stride)) > max_windows:
-                    errors[index] = (RowErrorKind.CONTEXT_TOO_LONG, _too_many_windows(needed, max_windows))
+        else:
+            questions[index] = tokens
+    if max_windows is None:
+        return errors
+    for index, tokens in questions.items():
+        context = batch[index][1]
+        room = max_seq_len - specials - tokens
+        if windows_needed(_utf8_length(context), room, doc_stride) > max_windows:
+            # Rare (a context near --max_context_chars of dense or non-ASCII text): count it.
+            exact = _token_counts([context], tokenizer)[0]
+            if isinstance(exact, BaseException):
+                errors[index] = (RowErrorKind.MODEL, f"the tokenizer failed on this row's context: {describe(exact)}")
+            elif (needed := windows_needed(exact, room, doc_stride)) > max_windows:
+                errors[index] = (RowErrorKind.CONTEXT_TOO_LONG, _too_many_windows(needed, max_windows))
     return errors
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _token_counts(texts: list[str], tokenizer) -> list[int | BaseException]:

@@ -190,3 +190,23 @@ def test_windows_beyond_the_limit_never_reach_the_model_even_if_the_bound_from_b
     assert windows.errors[0][0] is RowErrorKind.CONTEXT_TOO_LONG and "needs 8 windows" in windows.errors[0][1]
     assert _windows_per_row(windows, 2) == [0, 1] and len(windows.encodings) == len(windows.type_ids) == 1
     assert windows.ids.shape[0] == windows.allowed.shape[0] == 1
+
+
+def test_short_questions_and_contexts_are_checked_without_a_tokenizer_call(tokenizer):
+    """The usual row is settled by UTF-8 lengths, so the checks add no tokenizer call to the batch's one."""
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(args)
+            return tokenizer(*args, **kwargs)
+
+    batch = [("Who met Bob?", "Alice met Bob in Paris."), ("Où est la tour ?", "À Paris. " * 500)]
+    assert check_rows(batch, Counting(), max_seq_len=384, doc_stride=128, max_windows=398) == {}
+    assert calls == []
+    long_question = text_of_tokens(tokenizer, 100)
+    assert check_rows([(long_question, "ctx")], Counting(), max_seq_len=384, doc_stride=128) == {}
+    assert calls == [([long_question],)]
