@@ -52,6 +52,12 @@ def is_row_failure(exc: BaseException) -> bool:
     return not isinstance(exc, _NOT_ROW_FAILURES)
 
 
+def _this_rows(exc: BaseException) -> bool:
+    """Whether a tokenizer's ``exc`` may be the row's own failure: a row failure that is not a
+    shortage of memory (which the handler retries in smaller batches instead)."""
+    return is_row_failure(exc) and not isinstance(exc, MemoryError)
+
+
 def describe(exc: BaseException, limit: int = 200) -> str:
     """``Type: first line`` of an exception, at most ``limit`` characters of its message
     (a message may quote the input)."""
@@ -166,14 +172,14 @@ def _token_counts(texts: list[str], tokenizer) -> list[int | BaseException]:
     try:
         return [len(ids) for ids in tokenizer(texts, **kwargs)["input_ids"]]
     except BaseException as exc:  # pylint: disable=broad-except
-        if not is_row_failure(exc):
+        if not _this_rows(exc):
             raise
     out: list[int | BaseException] = []
     for text in texts:
         try:
             out.append(len(tokenizer(text, **kwargs)["input_ids"]))
         except BaseException as exc:  # pylint: disable=broad-except
-            if not is_row_failure(exc):
+            if not _this_rows(exc):
                 raise
             out.append(exc)
     return out
@@ -256,7 +262,7 @@ def tokenize(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_str
                                                                    dtype=np.int64)],
                       encoded.encodings, encoded["input_ids"], encoded["token_type_ids"] if type_ids else None)]
     except BaseException as exc:  # pylint: disable=broad-except
-        if not is_row_failure(exc):
+        if not _this_rows(exc):
             raise
         # One row the checks let through still fails the whole batch call (a tokenizer's panic is
         # a BaseException); redo it one by one to isolate that row.
@@ -266,7 +272,7 @@ def tokenize(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_str
             try:
                 single = tokenizer(question, context, **kwargs)
             except BaseException as row_exc:  # pylint: disable=broad-except
-                if not is_row_failure(row_exc):
+                if not _this_rows(row_exc):
                     raise
                 errors[index] = (RowErrorKind.MODEL, f"the tokenizer failed on this row: {describe(row_exc)}")
                 continue

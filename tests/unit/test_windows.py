@@ -138,7 +138,7 @@ def test_a_row_that_needs_more_windows_than_the_limit_is_a_context_error_with_no
     assert tokenize(batch, tokenizer, max_seq_len=384, doc_stride=128, max_windows=needed).errors == {}
 
 
-def test_a_megabyte_question_is_too_long_without_being_tokenized(tokenizer, monkeypatch):
+def test_a_megabyte_question_is_too_long_without_being_tokenized(tokenizer):
     batch = [("why " * 250_000, "ctx"), ("Who?", "Alice.")]
     errors = check_rows(batch, tokenizer, max_seq_len=384, doc_stride=128)
     assert errors[0][0] is RowErrorKind.QUESTION_TOO_LONG and "1,000,000 characters" in errors[0][1]
@@ -174,10 +174,12 @@ def test_whatever_the_tokenizer_raises_for_one_row_is_that_rows_error(tokenizer)
     assert _windows_per_row(windows, 3) == [1, 0, 1]
 
 
-def test_an_interrupt_is_never_a_row_error(tokenizer):
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(1), MemoryError()])
+def test_an_interrupt_or_a_shortage_of_memory_is_never_a_row_error(tokenizer, error):
+    """A shortage of memory goes up to the handler, which retries it in smaller batches."""
     batch = [("Who?", "Alice met Bob."), ("Why?", "It went boom.")]
-    with pytest.raises(KeyboardInterrupt):
-        tokenize(batch, _PanicsOnOneRow(tokenizer, "boom", KeyboardInterrupt()), max_seq_len=64, doc_stride=16)
+    with pytest.raises(type(error)):
+        tokenize(batch, _PanicsOnOneRow(tokenizer, "boom", error), max_seq_len=64, doc_stride=16)
 
 
 def test_windows_beyond_the_limit_never_reach_the_model_even_if_the_bound_from_bytes_is_wrong(tokenizer, monkeypatch):
