@@ -65,13 +65,13 @@ def test_every_row_is_an_answer_or_a_row_error_within_the_window_bound(handlers,
     least_new = min_new_tokens(max_seq_len, doc_stride, specials)
     limit = handler.settings.window_limit()
     windowed = []
+    real_tokenize = handler_module.tokenize
 
     def recording_tokenize(batch, tokenizer, **kwargs):
-        windows = handler_module.tokenize.__wrapped__(batch, tokenizer, **kwargs)
+        windows = real_tokenize(batch, tokenizer, **kwargs)
         windowed.append((list(batch), windows))
         return windows
 
-    recording_tokenize.__wrapped__ = handler_module.tokenize
     with mock.patch.object(handler_module, "tokenize", recording_tokenize):
         results = list(handler.run_inference(rows, model))
 
