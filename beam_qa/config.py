@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_qa.options import QaOptions
 from beam_qa.settings import (InputSettings, ModelSettings, OutputSettings, PostgresSettings, SourceSettings,
-                              StorageSettings, SweepSettings)
+                              StorageSettings, SweepSettings, windows_per_row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,8 @@ def from_options(opts: QaOptions, *, model: str, concurrency: tuple[int, int] = 
             min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
             max_batch_duration_secs=opts.max_batch_duration_secs, inference_threads=threads,
             concurrent_calls=calls, watch_pattern=opts.model_watch_pattern,
-            watch_interval_secs=opts.model_watch_interval_secs),
+            watch_interval_secs=opts.model_watch_interval_secs,
+            max_windows_per_row=windows_per_row(opts.max_context_chars, opts.max_seq_len, opts.doc_stride)),
         outputs=OutputSettings(answers_prefix=opts.answers_prefix, error_prefix=opts.error_prefix,
                                keep_source=bool(opts.keep_source)),
         postgres=PostgresSettings(dsn=opts.pg_dsn, password_secret=opts.pg_password_secret,

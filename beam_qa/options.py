@@ -137,7 +137,9 @@ class QaOptions(PipelineOptions):
         src.add_argument(
             "--max_context_chars", type=_positive_int, default=InputSettings.max_context_chars,
             help="A row whose context has more characters than this is a row error (the rest of its "
-            f"file is answered). Default: {InputSettings.max_context_chars:,}, about 100 windows of 384 tokens.")
+            f"file is answered). Default: {InputSettings.max_context_chars:,}, about 100 windows of 384 tokens. "
+            "It also bounds the windows of one row: as many as a context this long needs at one token a "
+            "character (398 with the defaults); a row that needs more is a row error.")
         src.add_argument(
             "--max_columns", type=_positive_int, default=InputSettings.max_columns,
             help="A header with more columns than this is a file error (too_many_columns), and so is a row "

@@ -50,6 +50,8 @@ class ModelSettings:
         inference_threads: intra-op threads per model call; 0 keeps torch's default.
         concurrent_calls: model calls at once in one worker process.
         watch_pattern, watch_interval_secs: where new model versions appear, how often to look.
+        max_windows_per_row: the most windows one row may take (more is a ``context_too_long``
+            row error); None derives it from ``InputSettings.max_context_chars`` (``window_limit``).
     """
 
     model: str
@@ -67,6 +69,30 @@ class ModelSettings:
     concurrent_calls: int = 1
     watch_pattern: str | None = None
     watch_interval_secs: float = 60.0
+    max_windows_per_row: int | None = None
+
+    def window_limit(self) -> int:
+        """``max_windows_per_row``, or the one ``InputSettings.max_context_chars`` implies."""
+        if self.max_windows_per_row is not None:
+            return self.max_windows_per_row
+        return windows_per_row(InputSettings.max_context_chars, self.max_seq_len, self.doc_stride)
+
+
+# The most special tokens a pair takes in the supported tokenizers (BERT's 3, RoBERTa's 4).
+_PAIR_SPECIAL_TOKENS = 4
+
+
+def windows_per_row(max_context_chars: int, max_seq_len: int, doc_stride: int) -> int:
+    """The most windows one row may take: as many as a context of ``max_context_chars`` tokens
+    (a WordPiece tokenizer makes at most one token per character) needs with an empty question.
+
+    So the limit takes nothing from a row that ``--max_context_chars`` lets through with an
+    ordinary question; a long question (down to the fewest new tokens per window,
+    ``beam_qa.qa.windows.min_new_tokens``) over a long, dense context may exceed it, and is then a
+    ``context_too_long`` row error instead of up to four times the work. Defaults: 398 windows.
+    """
+    per_window = max(1, max_seq_len - doc_stride - _PAIR_SPECIAL_TOKENS)
+    return 1 + -(-max_context_chars // per_window)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,3 +114,29 @@ def install(monkeypatch, handler_class) -> None:
         handler.__class__ = handler_class
         return handler
     monkeypatch.setattr(pipeline, "make_handler", make_handler)
+
+
+class InjectedPanic(BaseException):
+    """Stands for ``pyo3_runtime.PanicException``: a BaseException that ``except Exception`` misses."""
+
+
+class _PanicOnToken:
+    """Wraps a model: a forward pass whose inputs hold ``token_id`` raises ``InjectedPanic``."""
+
+    def __init__(self, model, token_id: int):
+        self._model = model
+        self._token_id = token_id
+
+    def __call__(self, **inputs):
+        if (inputs["input_ids"] == self._token_id).any():
+            raise InjectedPanic(f"injected by the test: token {self._token_id} in the batch")
+        return self._model(**inputs)
+
+
+class PanickingHandler(QuestionAnsweringModelHandler):
+    """The real handler on the real model, whose forward pass panics on any window holding
+    the tokenizer's mask token (write ``[MASK]`` in a question)."""
+
+    def load_model(self):
+        loaded = super().load_model()
+        return dataclasses.replace(loaded, model=_PanicOnToken(loaded.model, loaded.tokenizer.mask_token_id))

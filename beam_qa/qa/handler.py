@@ -17,7 +17,7 @@ from beam_qa.qa import decode, forward
 from beam_qa.qa.forward import usable_cpus  # noqa: F401  (beam_qa.launch sizes model calls with it)
 from beam_qa.qa import precision as precisions
 from beam_qa.qa.model_store import LoadedModel, load_count, load_model
-from beam_qa.qa.windows import QaExample, least_padding_runs, micro_batches, tokenize
+from beam_qa.qa.windows import QaExample, describe, is_row_failure, least_padding_runs, micro_batches, tokenize
 from beam_qa.settings import ModelSettings, StorageSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -175,8 +175,11 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         works per batch: it would turn a passing out-of-memory into row errors for a whole
         batch, and one bad row into errors for all its batch-mates. A resource error is
         retried with the batch cut in halves (down to single rows, a few times each) and then
-        raised as ``TransientInferenceError`` to fail the bundle; any other error is narrowed
-        down by halving to the rows that cause it, which become row errors.
+        raised as ``TransientInferenceError`` to fail the bundle; any other exception (a
+        ``BaseException`` such as a native panic included; only ``KeyboardInterrupt``,
+        ``SystemExit`` and ``GeneratorExit`` pass) is narrowed down by halving to the rows that
+        cause it, which become ``model`` row errors. Rows whose work would be out of bounds get
+        their row error before anything is tokenized (``beam_qa.qa.windows.check_rows``).
         """
         if self._unreported_loads:
             metrics.MODEL_LOADS.inc(self._unreported_loads)
@@ -194,13 +197,16 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     def _answer_isolating(self, batch: list[QaExample], model: LoadedModel) -> list[QaPrediction]:
         try:
             return self._answer(batch, model)
-        except Exception as exc:  # pylint: disable=broad-except
+        except BaseException as exc:  # pylint: disable=broad-except
+            # BaseException: a native panic (pyo3_runtime.PanicException) is one, and escaping here
+            # it would fail the bundle, for ever on a streaming runner.
+            if not is_row_failure(exc):
+                raise
             if is_transient(exc):
                 return self._retry_transient(batch, model, exc)
             if len(batch) == 1:
-                first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-                _LOGGER.warning("the model failed on one row: %s: %s", type(exc).__name__, first_line)
-                return [QaPrediction(span=None, error=f"model failed on this row: {type(exc).__name__}: {first_line}",
+                _LOGGER.warning("the model failed on one row: %s", describe(exc, 300))
+                return [QaPrediction(span=None, error=f"model failed on this row: {describe(exc, 300)}",
                                      kind=RowErrorKind.MODEL.value)]
             middle = len(batch) // 2
             return self._answer_isolating(batch[:middle], model) + self._answer_isolating(batch[middle:], model)
@@ -217,7 +223,9 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
             time.sleep(0.5 * 2 ** (attempt - 1))
             try:
                 return self._answer(batch, model)
-            except Exception as again:  # pylint: disable=broad-except
+            except BaseException as again:  # pylint: disable=broad-except
+                if not is_row_failure(again):
+                    raise
                 if not is_transient(again):
                     return self._answer_isolating(batch, model)
                 metrics.INFERENCE_RETRIES.inc()
@@ -230,18 +238,20 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
     def _answer(self, batch: Sequence[QaExample], model: LoadedModel) -> list[QaPrediction]:
         settings = self._settings
         windows = tokenize(batch, model.tokenizer, max_seq_len=settings.max_seq_len, doc_stride=settings.doc_stride,
-                           type_ids="token_type_ids" in forward.input_names(model.tokenizer))
+                           type_ids="token_type_ids" in forward.input_names(model.tokenizer),
+                           max_windows=settings.window_limit())
         budget = settings.tokens_per_forward or default_tokens_per_forward(model.device, model.precision)
         plan = micro_batches(windows.lengths, budget, self.split_runs)
+        # A batch whose every row is a row error has no window to run (and nothing to decode).
         found = forward.candidates(windows, plan, model, max_answer_len=settings.max_answer_len,
                                    concurrent_calls=settings.concurrent_calls,
-                                   overlap=forward.overlap_pays(model.device))
+                                   overlap=forward.overlap_pays(model.device)) if len(windows) else []
         bounds = windows.example_bounds(len(batch)).tolist()
         predictions = []
         for index, (_, context) in enumerate(batch):
             if index in windows.errors:
-                predictions.append(QaPrediction(span=None, error=windows.errors[index],
-                                                kind=RowErrorKind.QUESTION_TOO_LONG.value))
+                kind, error = windows.errors[index]
+                predictions.append(QaPrediction(span=None, error=error, kind=kind.value))
                 continue
             # In window order (the tokenizer's): equal answers from several windows merge into the
             # first one's offsets, as in the reference, so the order matters.

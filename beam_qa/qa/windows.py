@@ -6,6 +6,13 @@ windows of ``max_seq_len`` tokens with ``doc_stride`` overlap). ``tokenize`` tur
 answer, built with array operations over the whole batch rather than per window. Windows sorted
 by length are then cut into micro-batches of at most ``tokens_per_forward`` padded tokens
 (``micro_batches``), each padded only to its own longest window.
+
+Every row's work is bounded before its pair is tokenized (``check_rows``): its question must leave
+each window at least ``min_new_tokens`` new context tokens, and its context may need at most
+``max_windows`` windows. Without the first, a question of 252 tokens (defaults: ``max_seq_len``
+384, ``doc_stride`` 128) advances each window by one token, so a 5,000-token context becomes about
+4,900 windows, and a longer one makes the tokenizers library panic (``pyo3_runtime.PanicException``,
+a ``BaseException``) for the whole batch.
 """
 
 from __future__ import annotations
@@ -17,10 +24,165 @@ from typing import Any
 
 import numpy as np
 
+from beam_qa.errors import RowErrorKind
+
 QaExample = tuple[str, str]  # (question, context)
 
 # Model inputs the handler can build (others a model may name are not fed).
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+# Characters a question may have per token it may hold, decided before tokenizing it: no token of a
+# WordPiece or BPE vocabulary covers more (WordPiece makes a longer word one [UNK]), so a longer
+# question is too long whatever it says, and a pasted megabyte is never tokenized.
+QUESTION_CHARS_PER_TOKEN = 100
+
+# Raised to end the process or a generator, never by a row: these are never a row's failure.
+_NOT_ROW_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+RowFailure = tuple[RowErrorKind, str]  # (kind, message) of a row that gets no window
+
+
+def is_row_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while windowing or answering rows, may be turned into row errors.
+
+    Everything but ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit``: a Rust panic in
+    the tokenizers library arrives as ``pyo3_runtime.PanicException``, which derives from
+    ``BaseException`` so that ``except Exception`` lets it through and fails the bundle.
+    """
+    return not isinstance(exc, _NOT_ROW_FAILURES)
+
+
+def _this_rows(exc: BaseException) -> bool:
+    """Whether a tokenizer's ``exc`` may be the row's own failure: a row failure that is not a
+    shortage of memory (which the handler retries in smaller batches instead)."""
+    return is_row_failure(exc) and not isinstance(exc, MemoryError)
+
+
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of an exception, at most ``limit`` characters of its message
+    (a message may quote the input)."""
+    first_line = (str(exc).splitlines() or [""])[0][:limit]
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+def min_new_tokens(max_seq_len: int, doc_stride: int, special_tokens: int) -> int:
+    """The fewest new context tokens each window must add to the one before it.
+
+    Half of ``doc_stride``, or half of what a window adds with an empty question if that is
+    less, one at least. A question longer than leaves this much is ``question_too_long``. With
+    the defaults (``max_seq_len`` 384, ``doc_stride`` 128, 3 special tokens in a pair) that is 64:
+    a question may have up to 189 tokens (SQuAD's longest has 34, the reference's
+    ``max_question_len`` is 64), and a window then advances at least 64 tokens instead of the 253
+    of an empty question, so a long question costs at most about 4 times the windows.
+
+    Args:
+        max_seq_len: tokens per window, special tokens included.
+        doc_stride: tokens shared by consecutive windows of one context.
+        special_tokens: special tokens the tokenizer adds to a pair.
+    """
+    return max(1, min(doc_stride // 2, (max_seq_len - special_tokens - doc_stride) // 2))
+
+
+def windows_needed(context_tokens: int, room: int, doc_stride: int) -> int:
+    """Windows of a context of ``context_tokens`` tokens when each window holds ``room`` of them
+    (``room > doc_stride``), consecutive windows sharing ``doc_stride`` (as the tokenizer cuts them)."""
+    if context_tokens <= room:
+        return 1
+    return 1 + -(-(context_tokens - room) // (room - doc_stride))
+
+
+def _too_many_windows(needed: int, max_windows: int) -> str:
+    return (f"context needs {needed:,} windows with this question, over the limit of {max_windows:,} a row "
+            "(derived from --max_context_chars); shorten the question or split the context into several rows")
+
+
+def check_rows(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_stride: int,
+               max_windows: int | None = None) -> dict[int, RowFailure]:
+    """The rows of ``batch`` whose work would be out of bounds, and why, before their pairs are tokenized.
+
+    A question that leaves a window fewer than ``min_new_tokens`` new context tokens (or has more
+    than ``QUESTION_CHARS_PER_TOKEN`` characters per token it may hold) is ``question_too_long``;
+    a context that needs more than ``max_windows`` windows is ``context_too_long``. Lengths are
+    bounded from UTF-8 lengths first (no WordPiece or byte-level BPE token is shorter than a
+    byte), so that the usual row costs no tokenizer call here: the questions that bound does not
+    settle are counted in one batched call, and a context is counted, on its own, only when its
+    bound is over the limit.
+
+    Args:
+        batch: ``(question, context)`` pairs.
+        tokenizer: a fast Hugging Face tokenizer.
+        max_seq_len: tokens per window, special tokens included.
+        doc_stride: tokens shared by consecutive windows of one context.
+        max_windows: the most windows one row may have, or None.
+
+    Returns:
+        batch index -> ``(kind, message)`` of each row that must not be tokenized as a pair.
+    """
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    least_new = min_new_tokens(max_seq_len, doc_stride, specials)
+    most = max(0, max_seq_len - specials - doc_stride - least_new)
+    rule = (f"with doc_stride {doc_stride} a question may have at most {most} tokens, so that each window "
+            f"adds {least_new} new context tokens; shorten the question")
+    errors: dict[int, RowFailure] = {}
+    questions: dict[int, int] = {}  # batch index -> the question's tokens, or a bound on them
+    counted = []
+    for index, (question, _) in enumerate(batch):
+        if len(question) > most * QUESTION_CHARS_PER_TOKEN:
+            errors[index] = (RowErrorKind.QUESTION_TOO_LONG,
+                             f"question too long for max_seq_len {max_seq_len}: {len(question):,} characters; {rule}")
+        elif (size := _utf8_length(question)) < most:
+            # No WordPiece or byte-level BPE token is shorter than a byte (SentencePiece may add one
+            # before the first word): a question this short fits uncounted, as almost all do.
+            questions[index] = size
+        else:
+            counted.append(index)
+    for index, tokens in zip(counted, _token_counts([batch[i][0] for i in counted], tokenizer)):
+        if isinstance(tokens, BaseException):
+            errors[index] = (RowErrorKind.MODEL, f"the tokenizer failed on this row's question: {describe(tokens)}")
+        elif tokens > most:
+            errors[index] = (RowErrorKind.QUESTION_TOO_LONG,
+                             f"question too long for max_seq_len {max_seq_len}: {tokens:,} tokens; {rule}")
+        else:
+            questions[index] = tokens
+    if max_windows is None:
+        return errors
+    for index, tokens in questions.items():
+        context = batch[index][1]
+        room = max_seq_len - specials - tokens
+        if windows_needed(_utf8_length(context), room, doc_stride) > max_windows:
+            # Rare (a context near --max_context_chars of dense or non-ASCII text): count it.
+            exact = _token_counts([context], tokenizer)[0]
+            if isinstance(exact, BaseException):
+                errors[index] = (RowErrorKind.MODEL, f"the tokenizer failed on this row's context: {describe(exact)}")
+            elif (needed := windows_needed(exact, room, doc_stride)) > max_windows:
+                errors[index] = (RowErrorKind.CONTEXT_TOO_LONG, _too_many_windows(needed, max_windows))
+    return errors
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _token_counts(texts: list[str], tokenizer) -> list[int | BaseException]:
+    """Tokens of each text alone, without special tokens: one batched call, or one call per text
+    after a failure (the failure of a text is its item)."""
+    if not texts:
+        return []
+    kwargs = dict(add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    try:
+        return [len(ids) for ids in tokenizer(texts, **kwargs)["input_ids"]]
+    except BaseException as exc:  # pylint: disable=broad-except
+        if not _this_rows(exc):
+            raise
+    out: list[int | BaseException] = []
+    for text in texts:
+        try:
+            out.append(len(tokenizer(text, **kwargs)["input_ids"]))
+        except BaseException as exc:  # pylint: disable=broad-except
+            if not _this_rows(exc):
+                raise
+            out.append(exc)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +197,8 @@ class Windows:
         type_ids: ``[n, width]`` token type ids, or None when the model takes none.
         allowed: ``[n, width]`` True where a token may start or end an answer: the context's
             tokens and CLS (the reference's ``p_mask`` is its negation), False on padding.
-        errors: batch index -> why that example has no window (its question is too long).
+        errors: batch index -> ``(kind, message)`` of each example that has no window (``check_rows``,
+            or the tokenizer failed on it).
     """
 
     encodings: list[Any]
@@ -44,7 +207,7 @@ class Windows:
     ids: np.ndarray
     type_ids: np.ndarray | None
     allowed: np.ndarray
-    errors: dict[int, str]
+    errors: dict[int, RowFailure]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -68,8 +231,14 @@ class Windows:
 
 
 def tokenize(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_stride: int,
-             type_ids: bool = False) -> Windows:
+             type_ids: bool = False, max_windows: int | None = None) -> Windows:
     """Windows every example of ``batch`` with one tokenizer call.
+
+    Each row's work is bounded before the pairs are tokenized (``check_rows``): a question that
+    leaves a window too little new context is ``question_too_long`` and a context that would need
+    more than ``max_windows`` windows is ``context_too_long``; those rows get no window. Whatever
+    the tokenizer still raises for a row (a native panic included) is that row's ``model`` error:
+    the batch call is then redone one row at a time to find it, and its batch-mates are windowed.
 
     Args:
         batch: ``(question, context)`` pairs.
@@ -77,43 +246,76 @@ def tokenize(batch: Sequence[QaExample], tokenizer, *, max_seq_len: int, doc_str
         max_seq_len: tokens per window, special tokens included.
         doc_stride: tokens shared by consecutive windows of one context.
         type_ids: whether the model takes ``token_type_ids``.
+        max_windows: the most windows one row may have (None: no limit beyond the minimum of new
+            tokens per window).
     """
     kwargs = dict(truncation="only_second", max_length=max_seq_len, stride=doc_stride,
                   return_overflowing_tokens=True, padding=False, return_attention_mask=False,
                   return_token_type_ids=type_ids)
-    errors: dict[int, str] = {}
+    errors = check_rows(batch, tokenizer, max_seq_len=max_seq_len, doc_stride=doc_stride, max_windows=max_windows)
+    valid = [index for index in range(len(batch)) if index not in errors]
+    parts = []
     try:
-        encoded = tokenizer([q for q, _ in batch], [c for _, c in batch], **kwargs)
-        parts = [(encoded["overflow_to_sample_mapping"], encoded.encodings, encoded["input_ids"],
-                  encoded["token_type_ids"] if type_ids else None)]
-    except Exception:  # pylint: disable=broad-except
-        # One example that cannot be windowed (a question longer than the window) fails the whole
-        # batch call; redo it one by one to isolate it.
+        if valid:
+            encoded = tokenizer([batch[i][0] for i in valid], [batch[i][1] for i in valid], **kwargs)
+            parts = [(np.asarray(valid, dtype=np.int64)[np.asarray(encoded["overflow_to_sample_mapping"],
+                                                                   dtype=np.int64)],
+                      encoded.encodings, encoded["input_ids"], encoded["token_type_ids"] if type_ids else None)]
+    except BaseException as exc:  # pylint: disable=broad-except
+        if not _this_rows(exc):
+            raise
+        # One row the checks let through still fails the whole batch call (a tokenizer's panic is
+        # a BaseException); redo it one by one to isolate that row.
         parts = []
-        for index, (question, context) in enumerate(batch):
+        for index in valid:
+            question, context = batch[index]
             try:
                 single = tokenizer(question, context, **kwargs)
-            except Exception as exc:  # pylint: disable=broad-except
-                errors[index] = f"question too long for max_seq_len {max_seq_len}: {exc}"
+            except BaseException as row_exc:  # pylint: disable=broad-except
+                if not _this_rows(row_exc):
+                    raise
+                errors[index] = (RowErrorKind.MODEL, f"the tokenizer failed on this row: {describe(row_exc)}")
                 continue
             parts.append(([index] * len(single.encodings), single.encodings, single["input_ids"],
                           single["token_type_ids"] if type_ids else None))
     example = np.fromiter(itertools.chain.from_iterable(p[0] for p in parts), dtype=np.int64)
     encodings = [e for p in parts for e in p[1]]
     id_lists = [ids for p in parts for ids in p[2]]
+    type_lists = [t for p in parts for t in p[3]] if type_ids else None
+    if max_windows is not None and len(example):
+        # The checks bound a row's windows from its context's UTF-8 length; a tokenizer that makes
+        # more tokens than that is caught here, before any window reaches the model.
+        counts = np.bincount(example, minlength=len(batch))
+        over = np.flatnonzero(counts > max_windows)
+        if len(over):
+            for index in over.tolist():
+                errors[int(index)] = (RowErrorKind.CONTEXT_TOO_LONG, _too_many_windows(int(counts[index]), max_windows))
+            keep = np.flatnonzero(counts[example] <= max_windows).tolist()
+            example = example[keep]
+            encodings = [encodings[i] for i in keep]
+            id_lists = [id_lists[i] for i in keep]
+            type_lists = [type_lists[i] for i in keep] if type_lists is not None else None
     lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
     width = int(lengths.max()) if len(lengths) else 0
     real = np.arange(width)[None, :] < lengths[:, None]
     ids = np.full((len(lengths), width), tokenizer.pad_token_id or 0, dtype=np.int64)
     ids[real] = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(lengths.sum()))
     types = None
-    if type_ids:
+    if type_lists is not None:
         types = np.zeros_like(ids)
-        types[real] = np.fromiter(itertools.chain.from_iterable(t for p in parts for t in p[3]), dtype=np.int64,
+        types[real] = np.fromiter(itertools.chain.from_iterable(type_lists), dtype=np.int64,
                                   count=int(lengths.sum()))
     allowed = _context_tokens(encodings, width)
     if tokenizer.cls_token_id is not None:
-        allowed |= (ids == tokenizer.cls_token_id) & real
+        cls = (ids == tokenizer.cls_token_id) & real
+        # A question may spell the CLS token ("[CLS]"). The reference unmasks it too, then reads
+        # that question token's offsets as if they were the context's (a span past the context's
+        # end); only the template's CLS may stand for "no answer" here. Rare: one CLS a window is the rule.
+        for window in np.flatnonzero(cls.sum(axis=1) > 1).tolist():
+            sequence_ids = encodings[window].sequence_ids
+            for column in np.flatnonzero(cls[window]).tolist():
+                cls[window, column] = sequence_ids[column] is None
+        allowed |= cls
     return Windows(encodings=encodings, example=example, lengths=lengths, ids=ids, type_ids=types,
                    allowed=allowed, errors=errors)
 

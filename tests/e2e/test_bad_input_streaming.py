@@ -12,8 +12,9 @@ import time
 import pytest
 
 from tests.bad_input_cases import CASES, MAX_ROWS, SQL_PAYLOADS, check_outcome, gzip_bomb, sql_metacharacter_case
-from tests.conftest import query, squad_csv
+from tests.conftest import csv_bytes, query, squad_csv
 from tests.e2e.support import running_stack
+from tests.long_rows import text_of_tokens
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +26,12 @@ DEADLINE_SECS = 120.0
 def stack(tmp_path_factory, tiny_model):
     with running_stack(tmp_path_factory, tiny_model, "badinput", pipeline_args=(f"--max_rows={MAX_ROWS}",)) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +124,56 @@ def test_a_gzip_bomb_fails_in_bounded_memory_and_the_next_file_is_answered(stack
     good = bucket.blob("incoming/bomb/after.csv")
     good.upload_from_string(squad_csv(10, 3), content_type="text/csv")
     assert _wait_final(stack, f"gs://{bucket.name}/{good.name}", good.generation) == "done"
+    assert stack.procs["pipeline"].poll() is None
+
+
+def _row_outcomes(stack, uri: str) -> list[tuple[int, str | None, bool]]:
+    """``(row_index, error_kind, answered)`` of each row of a file."""
+    return query(stack.config.pg_dsn, "SELECT row_index, error_kind, answer IS NOT NULL FROM qa_answers "
+                 "WHERE source_uri = %s ORDER BY row_index", (uri,))
+
+
+def test_a_question_that_would_panic_the_tokenizer_is_a_row_error_and_the_next_file_is_answered(
+        stack, bucket, tokenizer):
+    """272 tokens leave a 384-token window less context than --doc_stride: over a context of several
+    windows the tokenizers library panics (a BaseException), which used to fail every bundle of the file."""
+    context = text_of_tokens(tokenizer, 1000)
+    blob = bucket.blob("incoming/panic/long_question.csv")
+    blob.upload_from_string(csv_bytes(["question", "context"], [[text_of_tokens(tokenizer, 272), context],
+                                                                ["Where is the tower?", context]]),
+                            content_type="text/csv")
+    uri = f"gs://{bucket.name}/{blob.name}"
+    assert _wait_final(stack, uri, blob.generation) == "done"
+    assert _row_outcomes(stack, uri) == [(0, "question_too_long", False), (1, None, True)]
+    (error,), = query(stack.config.pg_dsn, "SELECT error FROM qa_answers WHERE source_uri = %s AND row_index = 0",
+                      (uri,))
+    assert error.startswith("question too long for max_seq_len 384: 272 tokens;"), error
+    good = bucket.blob("incoming/panic/after.csv")
+    good.upload_from_string(squad_csv(20, 3), content_type="text/csv")
+    assert _wait_final(stack, f"gs://{bucket.name}/{good.name}", good.generation) == "done"
+    assert stack.procs["pipeline"].poll() is None
+
+
+def test_questions_that_advance_each_window_by_one_token_end_in_bounded_memory(stack, bucket, tokenizer):
+    """Two 252-token questions over a 6,000-token context: each window would add one new token,
+    about 5,900 windows a row (before the fix, this file grew the pipeline's peak memory by 2.3 GB)."""
+    pid = stack.procs["pipeline"].pid
+    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as clear:
+        clear.write("5")  # resets VmHWM to the current resident size: what follows is this file's
+    before = _peak_rss_mib(pid)
+    context = text_of_tokens(tokenizer, 6000)
+    question = text_of_tokens(tokenizer, 252)
+    blob = bucket.blob("incoming/stride/one_token_a_window.csv")
+    blob.upload_from_string(csv_bytes(["question", "context"], [[question, context], [question, context],
+                                                                ["Where is the tower?", context]]),
+                            content_type="text/csv")
+    uri = f"gs://{bucket.name}/{blob.name}"
+    assert _wait_final(stack, uri, blob.generation) == "done"
+    grown = _peak_rss_mib(pid) - before
+    print(f"one token a window: the pipeline's peak memory grew by {grown:.0f} MiB")
+    assert grown < 600, f"the pipeline's peak memory grew by {grown:.0f} MiB"
+    assert _row_outcomes(stack, uri) == [(0, "question_too_long", False), (1, "question_too_long", False),
+                                         (2, None, True)]
     assert stack.procs["pipeline"].poll() is None
 
 

@@ -206,3 +206,72 @@ def test_only_resource_errors_count_as_transient(error, transient):
     from beam_qa.qa.handler import is_transient
     assert is_transient(error) is transient
     assert is_transient(torch.OutOfMemoryError("out of memory"))
+
+
+def _outcomes(results) -> list[str]:
+    return [r.inference.kind or "answered" for r in results]
+
+
+def test_a_question_that_would_panic_the_tokenizer_is_its_rows_error_and_batch_mates_are_answered(handler):
+    """A 272-token question over a context of several windows: the tokenizers library panics
+    (pyo3_runtime.PanicException, a BaseException) unless the row is refused before tokenizing."""
+    from tests.long_rows import text_of_tokens
+    tokenizer = handler.load_model().tokenizer
+    context = text_of_tokens(tokenizer, 1000)
+    rows = [("Who?", "Alice met Bob in Paris."), (text_of_tokens(tokenizer, 272), context), ("Which?", context)]
+    results = list(handler.run_inference(rows, handler.load_model()))
+    assert _outcomes(results) == ["answered", "question_too_long", "answered"]
+    assert results[1].inference.error.startswith("question too long for max_seq_len 384: 272 tokens;")
+
+
+def test_a_question_that_advances_each_window_by_one_token_is_refused_before_any_window(handler, monkeypatch):
+    from beam_qa.qa import forward
+    from tests.long_rows import text_of_tokens
+    model = handler.load_model()
+    context = text_of_tokens(model.tokenizer, 6000)
+    seen = []
+    real = forward.candidates
+    monkeypatch.setattr(forward, "candidates", lambda windows, plan, *a, **k: (seen.append(len(windows)),
+                                                                              real(windows, plan, *a, **k))[1])
+    rows = [(text_of_tokens(model.tokenizer, 252), context), ("Where?", context)]
+    results = list(handler.run_inference(rows, model))
+    assert _outcomes(results) == ["question_too_long", "answered"]
+    assert seen and max(seen) <= 25  # the other row's windows only, not about 5,900 more
+    assert handler.settings.window_limit() == 398
+
+
+def test_a_base_exception_from_the_model_on_one_row_is_that_rows_error(tiny_model):
+    from tests.handlers import PanickingHandler
+    handler = PanickingHandler(tiny_model, device="cpu")
+    model = handler.load_model()
+    rows = [("Who?", "Alice met Bob in Paris."), ("[MASK] where?", "In Paris."), ("Where?", "In Paris, France.")]
+    results = list(handler.run_inference(rows, model))
+    assert _outcomes(results) == ["answered", "model", "answered"]
+    assert results[1].inference.error == ("model failed on this row: InjectedPanic: injected by the test: "
+                                          f"token {model.tokenizer.mask_token_id} in the batch")
+
+
+def test_an_interrupt_from_the_model_is_not_a_row_error(tiny_model, monkeypatch):
+    import tests.handlers as handlers
+    monkeypatch.setattr(handlers, "InjectedPanic", KeyboardInterrupt)  # raised by name at call time
+    handler = handlers.PanickingHandler(tiny_model, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        handler.run_inference([("[MASK]?", "In Paris.")], handler.load_model())
+
+
+def test_a_batch_of_only_refused_rows_keeps_each_rows_own_error(handler):
+    """No window to run: each row keeps its question_too_long, not a model failure of the empty batch."""
+    results = list(handler.run_inference([("q " * 600, "context"), ("why " * 300, "more context")],
+                                         handler.load_model()))
+    assert _outcomes(results) == ["question_too_long", "question_too_long"]
+
+
+def test_a_question_that_spells_the_cls_token_gets_a_span_of_its_own_context(handler):
+    """Found by tests/fuzz/test_windows_fuzz.py: "[CLS]" in a question is a CLS token, which the
+    reference also lets be an answer, reading its offsets in the context (a span past its end)."""
+    model = handler.load_model()
+    for context in ("", "Paris", "It is in Paris, France."):
+        (result,) = handler.run_inference([("[CLS] [CLS] where?", context)], model)
+        span = result.inference.span
+        assert span is not None and 0 <= span.start <= span.end <= len(context), (context, span)
+        assert context[span.start:span.end] == span.answer

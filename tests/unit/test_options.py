@@ -122,3 +122,12 @@ def test_the_handler_is_built_from_one_model_settings_object(monkeypatch):
         "bf16", "torch", 256)
     assert (handler.settings.inference_threads, handler.settings.concurrent_calls) == (2, 2)
     assert handler.settings.watch_pattern == "gs://b/models/*/beam_qa_manifest.json" and handler._storage.anonymous
+
+
+def test_the_windows_a_row_may_take_follow_max_context_chars_and_the_windows():
+    from beam_qa.config import from_options
+    from beam_qa.settings import ModelSettings, windows_per_row
+    assert ModelSettings(model="m").window_limit() == windows_per_row(100_000, 384, 128) == 398
+    opts = parse_options(BASE + ["--input_pattern=x", "--max_context_chars=4000", "--max_seq_len=64", "--doc_stride=16"])
+    config = from_options(opts, model=opts.model)
+    assert config.model.window_limit() == 1 + -(-4000 // (64 - 16 - 4)) == 92
