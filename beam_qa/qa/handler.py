@@ -33,7 +33,7 @@ GPU_TOKENS_PER_FORWARD = 65536
 
 
 # A batch that still hits a resource error when cut down to one row is retried this many
-# times (with a pause) before the error fails the bundle.
+# times (with a pause) before the error escapes run_inference (and ends its file's attempt).
 TRANSIENT_ATTEMPTS_PER_ROW = 3
 
 
@@ -54,8 +54,9 @@ def default_tokens_per_forward(device: str, precision: str = "fp32",
 class TransientInferenceError(RuntimeError):
     """A resource error (out of memory, ...) that in-process retries did not cure.
 
-    It escapes RunInference and fails the bundle, so that the runner retries the bundle
-    (Dataflow, later and perhaps elsewhere) instead of turning a passing shortage into row errors.
+    It escapes ``run_inference`` instead of turning a passing shortage into row errors;
+    AnswerQuestions (RunInference's exception handling) then ends the attempt of the file it came
+    from, and the sweeper starts the next one, later and perhaps elsewhere (``beam_qa.answering``).
     """
 
 
@@ -175,7 +176,8 @@ class QuestionAnsweringModelHandler(ModelHandler[QaExample, PredictionResult, Lo
         works per batch: it would turn a passing out-of-memory into row errors for a whole
         batch, and one bad row into errors for all its batch-mates. A resource error is
         retried with the batch cut in halves (down to single rows, a few times each) and then
-        raised as ``TransientInferenceError`` to fail the bundle; any other exception (a
+        raised as ``TransientInferenceError``, which ends its file's attempt (``beam_qa.answering``);
+        any other exception (a
         ``BaseException`` such as a native panic included; only ``KeyboardInterrupt``,
         ``SystemExit`` and ``GeneratorExit`` pass) is narrowed down by halving to the rows that
         cause it, which become ``model`` row errors. Rows whose work would be out of bounds get
