@@ -16,8 +16,6 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import os
-import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -25,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from beam_qa import metrics, runtime
-from devtools.stack import _http, _port_open, fake_gcs_binary
 from beam_qa.launch import run
 from beam_qa.qa import model_manifest
 from beam_qa.qa.model_store import ModelRefusedError, load_model
@@ -37,7 +34,7 @@ from beam_qa.storage import ContentEncodingError, ContentTooLarge, Storage, Unsa
 from beam_qa.store.attempts import LEASE_EXPIRED
 from tests.bad_input_cases import gzip_bomb
 from tests.conftest import fresh_database, query, squad_csv
-from tests.e2e.support import free_port
+from tests.fake_gcs import in_memory_gcs
 
 pytestmark = pytest.mark.integration
 
@@ -48,29 +45,8 @@ LIMIT = 50 * 1024 * 1024  # the default --max_file_bytes
 @pytest.fixture(scope="module")
 def gcs():
     """fake-gcs-server (in memory) on a free port, this process's clients pointed at it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(  # pylint: disable=consider-using-with
-        [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-         "-log-level", "warn", "-external-url", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    saved = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    try:
-        deadline = time.monotonic() + 30
-        while not _port_open(f"127.0.0.1:{port}"):
-            assert proc.poll() is None and time.monotonic() < deadline, "fake-gcs-server did not start"
-            time.sleep(0.1)
-        status, body = _http("POST", f"{url}/storage/v1/b", {"name": BUCKET})
-        assert status == 200, body
-        yield Storage(anonymous=True)
-    finally:
-        if saved is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved
-        proc.terminate()
-        proc.wait(timeout=10)
+    with in_memory_gcs(BUCKET) as storage:
+        yield storage
 
 
 def put(storage: Storage, name: str, data: bytes, encoding: str | None = None) -> int:

@@ -12,10 +12,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-
 import pytest
 
 from beam_qa import runtime
@@ -28,9 +24,8 @@ from beam_qa.sinks.transforms import _MarkFailedFn  # pylint: disable=protected-
 from beam_qa.sources import _SweepFn  # pylint: disable=protected-access
 from beam_qa.storage import Storage
 from beam_qa.store.postgres import PostgresStore
-from devtools.stack import _http, _port_open, fake_gcs_binary
 from tests.conftest import fresh_database, query, squad_csv
-from tests.e2e.support import free_port
+from tests.fake_gcs import in_memory_gcs
 
 pytestmark = pytest.mark.integration
 
@@ -40,29 +35,8 @@ BUCKET = "qa-names"
 @pytest.fixture(scope="module")
 def gcs():
     """fake-gcs-server (in memory) on a free port, this process's clients pointed at it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(  # pylint: disable=consider-using-with
-        [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-         "-log-level", "warn", "-external-url", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    saved = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    try:
-        deadline = time.monotonic() + 30
-        while not _port_open(f"127.0.0.1:{port}"):
-            assert proc.poll() is None and time.monotonic() < deadline, "fake-gcs-server did not start"
-            time.sleep(0.1)
-        status, body = _http("POST", f"{url}/storage/v1/b", {"name": BUCKET})
-        assert status == 200, body
-        yield Storage(anonymous=True)
-    finally:
-        if saved is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved
-        proc.terminate()
-        proc.wait(timeout=10)
+    with in_memory_gcs(BUCKET) as storage:
+        yield storage
 
 
 def put(storage: Storage, name: str, data: bytes) -> int:

@@ -192,10 +192,9 @@ def test_a_duplicate_columns_error_lists_a_bounded_prefix():
     assert len(str(info.value)) < 1_000 and "more" in str(info.value)
 
 
-def test_a_row_of_millions_of_tiny_cells_is_refused_before_it_is_split():
-    """csv.reader would build ~60 bytes per cell: 2 million cells of 2 characters are 120 MB."""
+def refused_with_peak(data: bytes) -> tuple[FileError, int]:
+    """The FileError ``parse(data)`` raises, and the peak memory tracemalloc saw meanwhile."""
     import tracemalloc
-    data = b"question,context\n" + b"ab," * 2_000_000 + b"\nq,c\n"  # 6 MB
     tracemalloc.start()
     try:
         with pytest.raises(FileError) as info:
@@ -203,7 +202,14 @@ def test_a_row_of_millions_of_tiny_cells_is_refused_before_it_is_split():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert info.value.kind == "too_many_columns" and "--max_columns" in str(info.value)
+    return info.value, peak
+
+
+def test_a_row_of_millions_of_tiny_cells_is_refused_before_it_is_split():
+    """csv.reader would build ~60 bytes per cell: 2 million cells of 2 characters are 120 MB."""
+    data = b"question,context\n" + b"ab," * 2_000_000 + b"\nq,c\n"  # 6 MB
+    error, peak = refused_with_peak(data)
+    assert error.kind == "too_many_columns" and "--max_columns" in str(error)
     assert peak < len(data), peak
 
 
@@ -232,16 +238,9 @@ def test_a_row_of_53999_short_cells_stays_within_the_memory_bound(cell):
     54,000 cells of one emoji (5 bytes each) cost 5.2 MB, over 1 x the file + 13 x the record +
     512 KiB (4.3 MB); cells counted by hand instead of commas refuse it after a few thousand.
     """
-    import tracemalloc
     data = b"question,context\nq," + (cell + b",") * 53_999 + cell + b"\n"
-    tracemalloc.start()
-    try:
-        with pytest.raises(FileError) as info:
-            parse(data)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert info.value.kind == "too_many_columns" and "--max_columns" in str(info.value)
+    error, peak = refused_with_peak(data)
+    assert error.kind == "too_many_columns" and "--max_columns" in str(error)
     assert peak <= len(data) + 13 * (len(data) - 17) + 512 * 1024, peak
 
 
