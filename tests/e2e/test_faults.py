@@ -579,7 +579,8 @@ def test_sigkill_mid_file_then_restart_completes_it_and_answers_what_arrived_whi
     restarted_log = faults.log()[log_size:]
     # The start-up sweep (after the DirectRunner's first 30 s Pub/Sub pull) finds both: the killed
     # attempt's lease has expired with its process, and nothing ever held the other one.
-    assert re.search(r"swept gs://qa-faults/incoming/\*\*: 2 to start of 2 CSV files older than 20s",
+    assert re.search(r"swept gs://qa-faults/incoming/\*\*: 2 to start \(0 not CSV, to be moved under the error prefix\) "
+                     r"of 2 files older than 20s",
                      restarted_log), restarted_log[-3000:]
     assert f"retrying {uri}#{big.generation} as attempt 2" in restarted_log
     assert len(read_csv_text(faults.bucket.blob(_answers_name(big)).download_as_text())) == rows

@@ -98,7 +98,8 @@ def test_a_file_slower_than_the_sweep_grace_is_read_answered_and_written_once(st
     (received_at, completed_at, attempt), = query(
         stack.config.pg_dsn, "SELECT received_at, completed_at, attempt FROM qa_files WHERE source_uri = %s", (uri,))
     log = "\n".join(path.read_text(errors="replace")[start:] for path, start in zip(stack.logs, starts))
-    busy_sweeps = re.findall(r"swept gs://qa-overlap/incoming/\*\*: 0 to start of 1 CSV files older than 5s "
+    busy_sweeps = re.findall(r"swept gs://qa-overlap/incoming/\*\*: 0 to start \(0 not CSV, to be moved under the error "
+                             r"prefix\) of 1 files older than 5s "
                              r"\(1 finished or in flight\)", log)
     took = (completed_at - received_at).total_seconds()
     if not (took > 3 * SWEEP_GRACE_SECS and len(busy_sweeps) >= 2):
