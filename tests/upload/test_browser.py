@@ -165,7 +165,10 @@ def test_three_files_at_once_one_bad_reach_their_final_status_with_progress_and_
     with page.expect_download() as download_info:
         page.click("#download")
     downloaded = download_info.value.path().read_text(encoding="utf-8")
-    assert downloaded.splitlines()[0] == "id,question,context,answer,score,answer_start,answer_end,error,model"
+    # The answers CSV quotes every cell (docs/bad-input.md, formula injection).
+    assert downloaded.splitlines()[0] == ",".join(
+        f'"{name}"' for name in ("id", "question", "context", "answer", "score", "answer_start", "answer_end", "error",
+                                 "model"))
     assert len(downloaded.splitlines()) == 31
     # Another client's key shows another client's (empty) history. The page's security
     # headers (CSP) left it working: no console errors, no refused script or style.
